@@ -1,0 +1,23 @@
+# Reproduction pipeline: train every variant x width x LR x seed, evaluate, coordinate-check,
+# benchmark, ingest into DuckDB, render HTML. A cell is a file path: `snakemake <path>` reruns it.
+# Tiers: config/config.yaml (quick, default), config/study.yaml (one GPU), config/paper.yaml (cluster).
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/coordcheck.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        REPORT,

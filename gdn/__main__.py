@@ -1,0 +1,3 @@
+from gdn.cli import main
+
+raise SystemExit(main())

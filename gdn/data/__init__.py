@@ -1,0 +1,1 @@
+"""Corpus preparation, tokenizers and packed token files."""

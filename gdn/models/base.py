@@ -1,0 +1,104 @@
+"""What both model families share: embedding, pre-norm blocks, readout, loss, caching.
+
+Each family supplies a `Block` whose mixer implements `forward(x, cache=None)` returning
+(y, new_cache). Inference uses `prefill` then repeated `decode_step`: a KV cache for the
+Transformer, the recurrent state (plus short-conv tail) for GDN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+from gdn.models.layers import RMSNorm, ScaledEmbedding, ScaledLinear, SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, config, mixer: nn.Module):
+        super().__init__()
+        self.mixer_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = mixer
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
+
+    def forward(self, x, cache=None):
+        h, new_cache = self.mixer(self.mixer_norm(x), cache=cache)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, new_cache
+
+
+class CausalLMBase(PreTrainedModel, GenerationMixin):
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["Block"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = ScaledEmbedding(config.vocab_size, config.d_model, config.multiplier("embed"))
+        self.blocks = nn.ModuleList([Block(config, self.make_mixer(config, i)) for i in range(config.n_layers)])
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = ScaledLinear(config.d_model, config.vocab_size, config.multiplier("lm_head"))
+        self.post_init()
+
+    def make_mixer(self, config, layer_idx: int) -> nn.Module:
+        raise NotImplementedError
+
+    # Initialization is the parametrization's job (gdn.parametrization); keep module defaults here.
+    def _init_weights(self, module):
+        pass
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def set_input_embeddings(self, value):
+        self.embed = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def hidden_states(self, input_ids, caches=None):
+        x = self.embed(input_ids)
+        new_caches = []
+        for i, block in enumerate(self.blocks):
+            x, c = block(x, cache=None if caches is None else caches[i])
+            new_caches.append(c)
+        return self.final_norm(x), new_caches
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        # attention_mask is accepted for API compatibility; batches here are never left-padded
+        # (lm-eval pads on the right, and a causal model ignores what comes after a token).
+        h, _ = self.hidden_states(input_ids)
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def prefill(self, input_ids):
+        """Runs the prompt; returns (logits of the last position [B, V], cache)."""
+        h, caches = self.hidden_states(input_ids, caches=[self.empty_cache()] * len(self.blocks))
+        return self.lm_head(h[:, -1]), caches
+
+    @torch.no_grad()
+    def decode_step(self, token_ids, caches):
+        """One token per sequence ([B] or [B, 1]); returns (logits [B, V], updated cache)."""
+        if token_ids.dim() == 1:
+            token_ids = token_ids[:, None]
+        h, caches = self.hidden_states(token_ids, caches=caches)
+        return self.lm_head(h[:, -1]), caches
+
+    def empty_cache(self):
+        """Marker for an empty per-layer cache (each mixer fills in its own kind)."""
+        return {}
+
+    def num_parameters_split(self) -> dict:
+        total = sum(p.numel() for p in self.parameters())
+        embedding = self.embed.weight.numel()
+        return {"total": total, "non_embedding": total - embedding}

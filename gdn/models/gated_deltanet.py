@@ -1,0 +1,120 @@
+"""Gated DeltaNet language model.
+
+Per layer: q, k, v, g (output gate), a (decay logit), b (write-strength logit) projections;
+a causal depthwise short convolution (kernel 4) with SiLU on q, k, v; L2-normalized q, k;
+decay g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b); the gated delta rule;
+a gated RMSNorm on the output and o_proj. The recurrence itself lives in `gdn_kernels`,
+which picks the Triton kernels on CUDA and the PyTorch chunked form on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gdn.models.base import CausalLMBase
+from gdn.models.configuration import GatedDeltaNetLMConfig
+from gdn.models.layers import GatedRMSNorm, ScaledLinear
+from gdn_kernels import gated_delta_rule, gated_delta_rule_step
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise convolution followed by SiLU; keeps its last inputs as decode state."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=False)
+
+    def forward(self, x, tail=None):
+        """x: [B, T, C]; tail: [B, C, kernel-1] inputs preceding x (None: zeros). Returns (y, new tail)."""
+        xt = x.transpose(1, 2)
+        if tail is None:
+            xt = F.pad(xt, (self.kernel_size - 1, 0))
+        else:
+            xt = torch.cat([tail.to(xt.dtype), xt], dim=-1)
+        y = F.silu(self.conv(xt)).transpose(1, 2)
+        return y, xt[..., -(self.kernel_size - 1) :]
+
+
+class GatedDeltaNetMixer(nn.Module):
+    def __init__(self, config: GatedDeltaNetLMConfig):
+        super().__init__()
+        d, H = config.d_model, config.n_heads
+        self.n_heads, self.head_k_dim, self.head_v_dim = H, config.head_dim, config.head_v_dim
+        key_dim, value_dim = H * config.head_dim, H * config.head_v_dim
+        self.query_scale = config.query_scale
+        self.backend = config.kernel_backend
+        self.q_proj = nn.Linear(d, key_dim, bias=False)
+        self.k_proj = nn.Linear(d, key_dim, bias=False)
+        self.v_proj = nn.Linear(d, value_dim, bias=False)
+        self.g_proj = nn.Linear(d, value_dim, bias=False)
+        # Gate-logit projections: their multipliers carry the gating normalization.
+        self.a_proj = ScaledLinear(d, H, config.multiplier("a_proj"))
+        self.b_proj = ScaledLinear(d, H, config.multiplier("b_proj"))
+        self.q_conv = ShortConv(key_dim, config.conv_size)
+        self.k_conv = ShortConv(key_dim, config.conv_size)
+        self.v_conv = ShortConv(value_dim, config.conv_size)
+        self.A_log = nn.Parameter(torch.empty(H, dtype=torch.float32))
+        self.dt_bias = nn.Parameter(torch.empty(H, dtype=torch.float32))
+        self.o_norm = GatedRMSNorm(config.head_v_dim, config.norm_eps)
+        self.o_proj = nn.Linear(value_dim, d, bias=False)
+        # Identity taps so the coordinate check can hook intermediate activations by name.
+        self.tap_a, self.tap_b, self.tap_state = nn.Identity(), nn.Identity(), nn.Identity()
+        self.record_state = False
+        self.reset_gate_parameters()
+
+    @torch.no_grad()
+    def reset_gate_parameters(self, generator: torch.Generator | None = None):
+        """A ~ U(1, 16); dt log-uniform in [1e-3, 1e-1], dt_bias = softplus^-1(dt). Sampled in fp32."""
+        H = self.n_heads
+        A = torch.empty(H, dtype=torch.float32).uniform_(1.0, 16.0, generator=generator)
+        u = torch.rand(H, dtype=torch.float32, generator=generator)
+        dt = torch.exp(u * (math.log(1e-1) - math.log(1e-3)) + math.log(1e-3)).clamp_min(1e-4)
+        self.A_log.copy_(A.log())
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(self, x, cache=None):
+        B, T, _ = x.shape
+        H, K, V = self.n_heads, self.head_k_dim, self.head_v_dim
+        tails = cache.get("conv") if cache else None
+        q, tq = self.q_conv(self.q_proj(x), None if tails is None else tails[0])
+        k, tk = self.k_conv(self.k_proj(x), None if tails is None else tails[1])
+        v, tv = self.v_conv(self.v_proj(x), None if tails is None else tails[2])
+        q, k, v = q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
+        # Raw gate logits; their width multipliers are applied inside the fused gate of the kernel.
+        a, b = F.linear(x, self.a_proj.weight), F.linear(x, self.b_proj.weight)
+        a_scale, b_scale = self.a_proj.multiplier, self.b_proj.multiplier
+        if self.tap_a._forward_hooks or self.tap_b._forward_hooks:
+            self.tap_a(a * a_scale), self.tap_b(b * b_scale)
+        rule_kwargs = dict(scale=self.query_scale, a_scale=a_scale, b_scale=b_scale, backend=self.backend)
+        state = cache.get("state") if cache else None
+        new_cache = None
+        if cache is not None and state is not None and T == 1:
+            o, state = gated_delta_rule_step(
+                q[:, 0], k[:, 0], v[:, 0], a[:, 0], b[:, 0], self.A_log, self.dt_bias, state, **rule_kwargs
+            )
+            o = o[:, None]
+        else:
+            want_state = cache is not None or self.record_state
+            o, state = gated_delta_rule(
+                q, k, v, a, b, self.A_log, self.dt_bias,
+                initial_state=state, output_final_state=want_state, **rule_kwargs,
+            )
+        if state is not None:
+            state = self.tap_state(state)
+        if cache is not None:
+            new_cache = {"conv": (tq, tk, tv), "state": state}
+        gate = self.g_proj(x).view(B, T, H, V)
+        o = self.o_norm(o, gate).reshape(B, T, H * V)
+        return self.o_proj(o), new_cache
+
+
+class GatedDeltaNetLM(CausalLMBase):
+    config_class = GatedDeltaNetLMConfig
+
+    def make_mixer(self, config, layer_idx):
+        return GatedDeltaNetMixer(config)

@@ -1,0 +1,27 @@
+"""Small read-only queries the sections share."""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+
+
+def frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pd.DataFrame:
+    return con.execute(sql, params or []).df()
+
+
+def best_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Per (variant, width): the completed run with the lowest final validation loss (mean over seeds per LR)."""
+    return frame(con, """
+        WITH per_lr AS (
+            SELECT variant, width, log2_lr, avg(final_val_loss) AS loss, min(run_id) AS run_id,
+                   max(params_total) AS params_total, max(params_non_embedding) AS params_non_embedding,
+                   max(tokens) AS tokens
+            FROM runs WHERE status = 'completed' GROUP BY variant, width, log2_lr)
+        SELECT * FROM per_lr
+        QUALIFY row_number() OVER (PARTITION BY variant, width ORDER BY loss) = 1
+        ORDER BY variant, width""")

@@ -1,0 +1,9 @@
+"""Gated delta rule operators: Triton kernels for CUDA, PyTorch references beside them.
+
+Import name `gdn_kernels` (the folder is `kernels/`): Hugging Face owns the `kernels`
+import name and transformers probes for it.
+"""
+
+from gdn_kernels.api import gated_delta_rule, gated_delta_rule_step
+
+__all__ = ["gated_delta_rule", "gated_delta_rule_step"]

@@ -1,0 +1,153 @@
+"""Pure-PyTorch gated delta rule: the step-by-step definition and the chunked form.
+
+Layout follows flash-linear-attention: q, k are [B, T, H, K], v is [B, T, H, V],
+the log-decay g and the write strength beta are [B, T, H]. The state S is [B, H, K, V].
+Per step t (one head):
+
+    S <- exp(g_t) * S
+    u_t = beta_t * (v_t - S^T k_t)
+    S <- S + k_t u_t^T
+    o_t = S^T (scale * q_t)
+
+`naive_recurrent` is that loop verbatim (float64 capable: it keeps the input dtype
+when asked), the ground truth every faster path is checked against. `chunked` is
+the WY-form chunk algorithm written with dense tensor ops; autograd differentiates
+it, so it is the CPU training path and the reference for the Triton kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def naive_recurrent(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    compute_dtype: torch.dtype | None = None,
+):
+    """Token-by-token recurrence. Returns (o [B,T,H,V], final state [B,H,K,V] or None)."""
+    dtype = compute_dtype or torch.promote_types(q.dtype, torch.float32)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dtype).clone()
+    outs = []
+    for t in range(T):
+        S = S * g[:, t].exp()[..., None, None]
+        kt = k[:, t]
+        u = beta[:, t, :, None] * (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, kt))
+        S = S + kt[..., :, None] * u[..., None, :]
+        outs.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t] * scale))
+    o = torch.stack(outs, dim=1) if outs else v.new_zeros(B, 0, H, V)
+    return o, (S if output_final_state else None)
+
+
+def _chunked_one_sequence(q, k, v, g, beta, scale, S, chunk_size):
+    """q,k: [B,T,H,K] etc. in float32/64. Returns o [B,T,H,V] and the final state."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    C = chunk_size
+    pad = (-T) % C
+    if pad:
+        # Padding with g = 0, beta = 0, k = v = 0 leaves the state untouched.
+        q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
+        g, beta = (F.pad(x, (0, 0, 0, pad)) for x in (g, beta))
+    N = (T + pad) // C
+    # -> [B, H, N, C, *]
+    q, k, v = (x.reshape(B, N, C, H, -1).permute(0, 3, 1, 2, 4) for x in (q, k, v))
+    g, beta = (x.reshape(B, N, C, H).permute(0, 3, 1, 2) for x in (g, beta))
+    q = q * scale
+    G = g.cumsum(-1)  # within-chunk cumulative log decay, decreasing
+    diff = G[..., :, None] - G[..., None, :]  # G_i - G_j
+    lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    strict = lower.clone().fill_diagonal_(False)
+    decay_ij = torch.where(lower, diff, torch.full_like(diff, float("-inf"))).exp()
+    k_beta = k * beta[..., None]
+    # (I + A) with A_ij = beta_i k_i.k_j exp(G_i - G_j), i > j; its inverse gives the WY factors.
+    A = (k_beta @ k.transpose(-1, -2)) * decay_ij * strict
+    eye = torch.eye(C, dtype=q.dtype, device=q.device)
+    Tinv = torch.linalg.solve_triangular(A + eye, eye.expand_as(A), upper=False, unitriangular=True)
+    u = Tinv @ (v * beta[..., None])  # pseudo-values
+    w = Tinv @ (k_beta * G.exp()[..., None])  # decayed keys that read the chunk-entry state
+    qk = (q @ k.transpose(-1, -2)) * decay_ij  # causal intra-chunk scores, diagonal included
+    outs = []
+    for n in range(N):
+        v_new = u[:, :, n] - w[:, :, n] @ S
+        o_inter = (q[:, :, n] * G[:, :, n, :, None].exp()) @ S
+        outs.append(o_inter + qk[:, :, n] @ v_new)
+        G_last = G[:, :, n, -1]
+        k_to_end = k[:, :, n] * (G_last[..., None] - G[:, :, n]).exp()[..., None]
+        S = S * G_last.exp()[..., None, None] + k_to_end.transpose(-1, -2) @ v_new
+    o = torch.stack(outs, dim=2)  # [B, H, N, C, V]
+    o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
+    return o, S
+
+
+def chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+):
+    """Chunked gated delta rule (differentiable by autograd).
+
+    With `cu_seqlens` (int tensor [N+1] of offsets), B must be 1 and the N packed
+    sequences are independent; `initial_state` is then [N, H, K, V].
+    Returns (o in v's dtype, final state in float32/64 or None).
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q32, k32, v32, g32, b32 = (x.to(dtype) for x in (q, k, v, g, beta))
+    if cu_seqlens is None:
+        S0 = q32.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dtype)
+        o, S = _chunked_one_sequence(q32, k32, v32, g32, b32, scale, S0, chunk_size)
+        return o.to(v.dtype), (S if output_final_state else None)
+    if B != 1:
+        raise ValueError(f"cu_seqlens needs batch size 1 (sequences packed along T), got B={B}")
+    bounds = cu_seqlens.tolist()
+    n_seq = len(bounds) - 1
+    outs, states = [], []
+    for i in range(n_seq):
+        s, e = bounds[i], bounds[i + 1]
+        S0 = q32.new_zeros(1, H, K, V) if initial_state is None else initial_state[i : i + 1].to(dtype)
+        o_i, S_i = _chunked_one_sequence(
+            q32[:, s:e], k32[:, s:e], v32[:, s:e], g32[:, s:e], b32[:, s:e], scale, S0, chunk_size
+        )
+        outs.append(o_i)
+        states.append(S_i)
+    o = torch.cat(outs, dim=1)
+    return o.to(v.dtype), (torch.cat(states, dim=0) if output_final_state else None)
+
+
+def gate_from_logits(a, b, A_log, dt_bias, a_scale: float = 1.0, b_scale: float = 1.0):
+    """Decay and write strength from raw gate logits (computed in float32).
+
+    g = -exp(A_log) * softplus(a_scale * a + dt_bias),  beta = sigmoid(b_scale * b).
+    a_scale, b_scale are the gating-normalization width factors (1 under SP).
+    """
+    a32 = a.float() * a_scale + dt_bias.float()
+    g = -A_log.float().exp() * F.softplus(a32)
+    beta = torch.sigmoid(b.float() * b_scale)
+    return g, beta
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-head L2 normalization over the last dim, in float32 for stability."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt((x32 * x32).sum(-1, keepdim=True) + eps)).to(x.dtype)

@@ -1,0 +1,282 @@
+"""Triton gated delta rule: the autograd function and the two entry points used by api.py.
+
+Inputs arrive as [B, T, H, *] (or B = 1 with packed sequences and cu_seqlens) and are
+viewed as one packed [B*T, H, *] stream; equal-length batches get evenly spaced offsets,
+so the kernels only know the packed case. Intermediates kept for the backward: the
+cumulative decay G and beta (float32, one value per token and head), the WY inverse T
+(float32, C values per token and head), w, v_new and the chunk-entry states h (input
+dtype, as the tensor-core matmuls read them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+
+from gdn_kernels.triton_chunk_bwd import chunk_bwd_kernel, state_bwd_kernel
+from gdn_kernels.triton_chunk_fwd import output_fwd_kernel, prep_fwd_kernel, state_fwd_kernel
+from gdn_kernels.triton_common import CHUNK
+from gdn_kernels.triton_decode import decode_step_kernel
+
+MAX_HEAD_DIM = 256
+
+
+@dataclasses.dataclass
+class LaunchConfig:
+    """Tile widths over V and warp counts of the chunk kernels (K is always one full tile).
+
+    Module-level so a benchmark can try alternatives; the defaults are the tuned choice.
+    """
+
+    prep_warps_small_k: int = 4  # K <= 128
+    prep_warps_large_k: int = 8
+    state_block_v: int = 64
+    state_warps: int = 4
+    state_stages: int = 2
+    output_block_v: int = 64
+    output_warps: int = 4
+    bwd_block_v: int = 32
+    bwd_warps: int = 8
+    bwd_stages: int = 2
+
+
+LAUNCH = LaunchConfig()
+
+
+def _block(n: int, cap: int) -> int:
+    """Power-of-two tile covering n (tl.dot needs at least 16), at most cap."""
+    return min(cap, max(16, triton.next_power_of_2(n)))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs ask for full-precision products; half inputs already run the
+    # tensor cores in their own format, and float32 intermediates then use tf32.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+class ChunkLayout:
+    """Sequence offsets and the flat list of (sequence, chunk) pairs the kernels walk."""
+
+    def __init__(self, B: int, T: int, cu_seqlens: torch.Tensor | None, device: torch.device):
+        C = CHUNK
+        if cu_seqlens is None:
+            n_per_seq = triton.cdiv(T, C)
+            self.n_seqs = B
+            self.cu_seqlens = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=device)
+            seq_ids = torch.arange(B, dtype=torch.int32, device=device).repeat_interleave(n_per_seq)
+            chunk_ids = torch.arange(n_per_seq, dtype=torch.int32, device=device).repeat(B)
+            self.chunk_offsets = torch.arange(0, (B + 1) * n_per_seq, n_per_seq, dtype=torch.int32, device=device)
+            self.n_chunks = B * n_per_seq
+        else:
+            if B != 1:
+                raise ValueError(f"cu_seqlens needs batch size 1 (sequences packed along T), got B={B}")
+            bounds = cu_seqlens.tolist()
+            if bounds[0] != 0 or bounds[-1] != T or any(e < s for s, e in zip(bounds[:-1], bounds[1:], strict=True)):
+                raise ValueError(f"cu_seqlens must rise from 0 to T={T}, got {bounds}")
+            per_seq = [triton.cdiv(e - s, C) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
+            self.n_seqs = len(per_seq)
+            self.cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
+            pairs = [(n, t) for n, count in enumerate(per_seq) for t in range(count)]
+            seq_ids = torch.tensor([p[0] for p in pairs], dtype=torch.int32)
+            chunk_ids = torch.tensor([p[1] for p in pairs], dtype=torch.int32)
+            offsets = [0]
+            for count in per_seq:
+                offsets.append(offsets[-1] + count)
+            self.chunk_offsets = torch.tensor(offsets, dtype=torch.int32, device=device)
+            self.n_chunks = offsets[-1]
+        self.chunk_index = torch.stack([seq_ids, chunk_ids], dim=1).to(device=device).contiguous()
+
+
+def _state_block_v(n_seqs: int, H: int, V: int, device: torch.device) -> int:
+    # The state kernels run one program per (sequence, head, V block) through all the
+    # chunks in order; narrower V blocks buy parallelism when there are few sequences.
+    wide = _block(V, LAUNCH.state_block_v)
+    if n_seqs * H * triton.cdiv(V, wide) < 2 * _sm_count(device):
+        return _block(V, max(16, LAUNCH.state_block_v // 2))
+    return wide
+
+
+def chunk_forward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, h0, store_ht, use_l2, layout):
+    """q, k: [TT, H, K]; v: [TT, H, V]; a, b: [TT, H]. Returns o, ht and the saved intermediates."""
+    TT, H, K = k.shape
+    V = v.shape[-1]
+    C = CHUNK
+    BK = _block(K, MAX_HEAD_DIM)
+    prec = _dot_precision(k.dtype)
+    warps = LAUNCH.prep_warps_small_k if BK <= 128 else LAUNCH.prep_warps_large_k
+    g_cum = torch.empty(TT, H, dtype=torch.float32, device=k.device)
+    beta = torch.empty_like(g_cum)
+    t_inv = torch.empty(TT, H, C, dtype=torch.float32, device=k.device)
+    w = torch.empty_like(k)
+    u = torch.empty_like(v)
+    prep_fwd_kernel[(layout.n_chunks, H)](
+        k, v, a, b, A_log, dt_bias, g_cum, beta, t_inv, w, u,
+        layout.chunk_index, layout.cu_seqlens, float(a_scale), float(b_scale),
+        H=H, K=K, V=V, BK=BK, BV=_block(V, 64), C=C, USE_L2=use_l2, DOT_PREC=prec, num_warps=warps,
+    )
+
+    h = torch.empty(layout.n_chunks, H, K, V, dtype=k.dtype, device=k.device)
+    v_new = torch.empty_like(v)
+    N = layout.n_seqs
+    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if store_ht else None
+    BV = _state_block_v(N, H, V, k.device)
+    state_fwd_kernel[(triton.cdiv(V, BV), N * H)](
+        k, w, u, g_cum, h, v_new, h0, ht, layout.chunk_offsets, layout.cu_seqlens,
+        H=H, K=K, V=V, BK=BK, BV=BV, C=C, USE_L2=use_l2, HAS_H0=h0 is not None, STORE_HT=store_ht,
+        DOT_PREC=prec, num_warps=max(LAUNCH.state_warps, warps), num_stages=LAUNCH.state_stages,
+    )
+
+    o = torch.empty_like(v)
+    BV_out = _block(V, LAUNCH.output_block_v)
+    output_fwd_kernel[(layout.n_chunks, H, triton.cdiv(V, BV_out))](
+        q, k, v_new, g_cum, h, o, layout.chunk_index, layout.cu_seqlens, float(scale),
+        H=H, K=K, V=V, BK=BK, BV=BV_out, C=C, USE_L2=use_l2, DOT_PREC=prec,
+        num_warps=max(LAUNCH.output_warps, warps),
+    )
+    return o, ht, (g_cum, beta, t_inv, w, h, v_new)
+
+
+def chunk_backward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, use_l2, layout, saved, do, dht, need_dh0):
+    g_cum, beta, t_inv, w, h, v_new = saved
+    TT, H, K = k.shape
+    V = v.shape[-1]
+    C = CHUNK
+    N = layout.n_seqs
+    BK = _block(K, MAX_HEAD_DIM)
+    prec = _dot_precision(k.dtype)
+    warps = LAUNCH.state_warps if BK <= 128 else max(LAUNCH.state_warps, 8)
+
+    dh = torch.empty_like(h)
+    dv_new = torch.empty(TT, H, V, dtype=torch.float32, device=k.device)
+    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if need_dh0 else None
+    BV = _state_block_v(N, H, V, k.device)
+    state_bwd_kernel[(triton.cdiv(V, BV), N * H)](
+        q, k, w, g_cum, do, dh, dv_new, dht, dh0, layout.chunk_offsets, layout.cu_seqlens, float(scale),
+        H=H, K=K, V=V, BK=BK, BV=BV, C=C, USE_L2=use_l2, HAS_DHT=dht is not None, STORE_DH0=need_dh0,
+        DOT_PREC=prec, num_warps=warps, num_stages=LAUNCH.state_stages,
+    )
+
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    da, db = torch.empty_like(a), torch.empty_like(b)
+    dx_tok = torch.empty(TT, H, dtype=torch.float32, device=k.device)
+    dalog_tok = torch.empty_like(dx_tok)
+    chunk_bwd_kernel[(layout.n_chunks, H)](
+        q, k, v, a, b, A_log, dt_bias, g_cum, beta, t_inv, h, dh, v_new, dv_new, do,
+        dq, dk, dv, da, db, dx_tok, dalog_tok,
+        layout.chunk_index, layout.cu_seqlens, float(scale), float(a_scale), float(b_scale),
+        H=H, K=K, V=V, BK=BK, BV=_block(V, LAUNCH.bwd_block_v), C=C, USE_L2=use_l2, DOT_PREC=prec,
+        num_warps=LAUNCH.bwd_warps, num_stages=LAUNCH.bwd_stages,
+    )
+    # dt_bias and A_log are per head: their gradients are sums of per-token terms.
+    d_dt_bias = dx_tok.sum(0).to(dt_bias.dtype)
+    d_A_log = dalog_tok.sum(0).to(A_log.dtype)
+    return dq, dk, dv, da, db, d_A_log, d_dt_bias, dh0
+
+
+class ChunkGatedDeltaRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, a, b, A_log, dt_bias, initial_state, cu_seqlens, a_scale, b_scale, scale,
+                output_final_state, use_l2):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        layout = ChunkLayout(B, T, cu_seqlens, q.device)
+        flat = (
+            q.reshape(B * T, H, K).contiguous(),
+            k.reshape(B * T, H, K).contiguous(),
+            v.reshape(B * T, H, V).contiguous(),
+            a.reshape(B * T, H).contiguous(),
+            b.reshape(B * T, H).contiguous(),
+            A_log.contiguous(),
+            dt_bias.contiguous(),
+        )
+        h0 = None if initial_state is None else initial_state.contiguous()
+        o, ht, saved = chunk_forward(
+            *flat, a_scale, b_scale, scale, h0, output_final_state, use_l2, layout,
+        )
+        ctx.save_for_backward(*flat, *saved)
+        ctx.layout = layout
+        ctx.shape = (B, T, H, K, V)
+        ctx.args = (a_scale, b_scale, scale, use_l2)
+        ctx.initial_state_dtype = None if initial_state is None else initial_state.dtype
+        return o.reshape(B, T, H, V), ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        B, T, H, K, V = ctx.shape
+        q, k, v, a, b, A_log, dt_bias, *saved = ctx.saved_tensors
+        a_scale, b_scale, scale, use_l2 = ctx.args
+        need_dh0 = ctx.initial_state_dtype is not None and ctx.needs_input_grad[7]
+        do = do.reshape(B * T, H, V).contiguous()
+        dht = None if dht is None else dht.contiguous()
+        dq, dk, dv, da, db, dA_log, ddt, dh0 = chunk_backward(
+            q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, use_l2, ctx.layout, saved, do, dht, need_dh0,
+        )
+        if dh0 is not None:
+            dh0 = dh0.to(ctx.initial_state_dtype)
+        return (
+            dq.reshape(B, T, H, K), dk.reshape(B, T, H, K), dv.reshape(B, T, H, V),
+            da.reshape(B, T, H), db.reshape(B, T, H), dA_log, ddt, dh0,
+            None, None, None, None, None, None,
+        )
+
+
+def _check_shapes(q, k, v, a, b):
+    if q.shape != k.shape:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must match")
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        raise ValueError(f"head dims up to {MAX_HEAD_DIM} are supported, got K={q.shape[-1]}, V={v.shape[-1]}")
+    if a.shape != q.shape[:-1] or b.shape != q.shape[:-1]:
+        raise ValueError(f"gate logits must be {tuple(q.shape[:-1])}, got a {tuple(a.shape)}, b {tuple(b.shape)}")
+
+
+def gated_delta_rule(
+    q, k, v, a, b, A_log, dt_bias, *,
+    a_scale: float = 1.0, b_scale: float = 1.0, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None, use_qk_l2norm: bool = True,
+):
+    """Chunked gated delta rule from raw gate logits; see api.gated_delta_rule.
+
+    Returns (o [B, T, H, V] in v's dtype, final state [B or N, H, K, V] float32 or None).
+    """
+    _check_shapes(q, k, v, a, b)
+    if not (q.dtype == k.dtype == v.dtype):
+        q, k = q.to(v.dtype), k.to(v.dtype)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    o, ht = ChunkGatedDeltaRule.apply(
+        q, k, v, a, b, A_log, dt_bias, initial_state, cu_seqlens,
+        a_scale, b_scale, scale, output_final_state, use_qk_l2norm,
+    )
+    return o, (ht if output_final_state else None)
+
+
+def gated_delta_rule_step(
+    q, k, v, a, b, A_log, dt_bias, state, *,
+    a_scale: float = 1.0, b_scale: float = 1.0, scale: float | None = None, use_qk_l2norm: bool = True,
+):
+    """One decode step (inference only, no autograd): q, k [B, H, K]; v [B, H, V]; a, b [B, H];
+    state [B, H, K, V] float32. Returns (o [B, H, V] in v's dtype, new state in state's dtype)."""
+    B, H, K = q.shape
+    V = v.shape[-1]
+    if max(K, V) > MAX_HEAD_DIM:
+        raise ValueError(f"head dims up to {MAX_HEAD_DIM} are supported, got K={K}, V={V}")
+    scale = K**-0.5 if scale is None else scale
+    q, k, v, a, b, state = (x.contiguous() for x in (q, k, v, a, b, state))
+    new_state = torch.empty_like(state)
+    o = torch.empty_like(v)
+    BV = _block(V, 32)
+    decode_step_kernel[(B * H, triton.cdiv(V, BV))](
+        q, k, v, a, b, A_log.contiguous(), dt_bias.contiguous(), state, new_state, o,
+        float(scale), float(a_scale), float(b_scale),
+        H=H, K=K, V=V, BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_L2=use_qk_l2norm,
+        num_warps=4,
+    )
+    return o, new_state

@@ -1,0 +1,72 @@
+import torch
+from transformers import AutoModelForCausalLM
+
+import gdn.models  # noqa: F401  (registers the Auto classes)
+from gdn.build import build_model, parameter_table
+
+
+def test_forward_shapes_and_loss(tiny_spec):
+    for variant in ("transformer_sp", "gdn_mup"):
+        model = build_model(tiny_spec, variant, 32, vocab_size=97, seed=0).model
+        x = torch.randint(0, 97, (2, 11))
+        out = model(x, labels=x)
+        assert out.logits.shape == (2, 11, 97)
+        assert torch.isfinite(out.loss)
+
+
+def test_decode_continues_prefill_exactly(tiny_spec):
+    torch.manual_seed(0)
+    for variant in ("transformer_sp", "gdn_sp"):
+        model = build_model(tiny_spec, variant, 32, vocab_size=50, seed=1).model.eval()
+        x = torch.randint(0, 50, (3, 9))
+        with torch.no_grad():
+            full = model(x).logits
+        logits, cache = model.prefill(x[:, :4])
+        torch.testing.assert_close(logits, full[:, 3], rtol=1e-4, atol=1e-5)
+        for t in range(4, 9):
+            logits, cache = model.decode_step(x[:, t], cache)
+            torch.testing.assert_close(logits, full[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_save_and_reload_through_auto_classes(tmp_path, tiny_spec):
+    for variant in ("transformer_mup", "gdn_mup"):
+        built = build_model(tiny_spec, variant, 64, vocab_size=61, seed=2)
+        torch.nn.init.normal_(built.model.lm_head.weight)  # μP zero-inits the readout; make logits non-trivial
+        built.model.save_pretrained(tmp_path / variant)
+        assert (tmp_path / variant / "model.safetensors").exists()
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / variant)
+        assert reloaded.config.multipliers == built.model.config.multipliers
+        x = torch.randint(0, 61, (2, 7))
+        torch.testing.assert_close(reloaded(x).logits, built.model(x).logits)
+
+
+def test_gdn_layer_structure(tiny_spec):
+    model = build_model(tiny_spec, "gdn_sp", 32, vocab_size=40, seed=0).model
+    mixer = model.blocks[0].mixer
+    H = mixer.n_heads
+    assert mixer.a_proj.weight.shape == (H, 32) and mixer.b_proj.weight.shape == (H, 32)
+    assert mixer.q_conv.conv.kernel_size == (4,)
+    A = mixer.A_log.exp()
+    assert A.min() >= 1 and A.max() <= 16
+    dt = torch.nn.functional.softplus(mixer.dt_bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 1e-1 * 1.001
+
+
+def test_width_modes_give_expected_heads(tiny_spec):
+    heads_spec = dict(tiny_spec, width_mode="heads", head_dim=8)
+    by_heads = build_model(heads_spec, "gdn_sp", 64, vocab_size=40, seed=0).model.config
+    by_dim = build_model(tiny_spec, "gdn_sp", 64, vocab_size=40, seed=0).model.config
+    assert (by_heads.n_heads, by_heads.head_dim) == (8, 8)
+    assert (by_dim.n_heads, by_dim.head_dim) == (2, 32)
+
+
+def test_families_match_within_five_percent_in_shipped_quick_tier():
+    import yaml
+
+    from tests.synthetic import REPO
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    rows = parameter_table(cfg["model"], ["transformer_sp", "gdn_sp"], cfg["grid"]["widths"], 2048)
+    for width in cfg["grid"]["widths"]:
+        t, g = (r["total"] for r in rows if r["width"] == width)
+        assert abs(t - g) / t <= 0.05, (width, t, g)

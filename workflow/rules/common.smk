@@ -1,0 +1,43 @@
+# Config validation (before any job runs), the grid of cells, and the paths every rule shares.
+import os
+import shlex
+import shutil
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+from gdn import config as gdn_config
+
+try:
+    gdn_config.validate(config, base_dir=os.getcwd())
+except gdn_config.ConfigError as error:
+    raise WorkflowError(f"invalid configuration: {error}")
+
+TIER = config["tier"]
+PYTHON = shlex.quote(sys.executable)  # the interpreter that runs snakemake has the gdn package
+CELLS = gdn_config.cells(config)
+TEXT_DIR = f"resources/{TIER}/text"
+TOKENIZER = f"resources/{TIER}/tokenizer/tokenizer.json"
+DATA_DIR = f"results/data/{TIER}"
+RUN_DIR = "results/runs/{tier}/{variant}/w{width}/{lr}/s{seed}"
+DATABASE = f"results/{TIER}.duckdb"
+REPORT = f"reports/{TIER}/index.html"
+ON_GPU = config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi") is not None)
+GPU_PER_JOB = 1 if ON_GPU else 0
+
+
+wildcard_constraints:
+    tier=TIER,
+    variant="|".join(config["variants"]),
+    width=r"\d+",
+    lr=r"lr-?[0-9.]+",
+    seed=r"\d+",
+
+
+def cell_of(wildcards):
+    return gdn_config.cell_from_keys(config, wildcards.variant, wildcards.width, wildcards.lr, wildcards.seed)
+
+
+def json_arg(*sections, **extra):
+    """Config sections as one shell-quoted JSON argument (jobs rerun only when these change)."""
+    return shlex.quote(gdn_config.section_json(config, *sections, **extra))

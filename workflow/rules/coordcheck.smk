@@ -1,0 +1,21 @@
+# Coordinate check: activation and update sizes vs width over the first optimizer steps.
+
+COORD_DIR = f"results/coord/{TIER}"
+ALL_COORD = [f"{COORD_DIR}/{variant}.json" for variant in config["variants"]] if config.get("coordcheck") else []
+
+
+rule coordcheck:
+    input:
+        train=f"{DATA_DIR}/train.bin",
+    output:
+        f"{COORD_DIR}/{{variant}}.json",
+    log:
+        f"results/logs/{TIER}/coordcheck-{{variant}}.log",
+    params:
+        cfg=json_arg("model", "coordcheck", "train"),
+    threads: config["train"].get("threads", 1)
+    resources:
+        gpu=GPU_PER_JOB,
+    shell:
+        "{PYTHON} -m gdn coordcheck --variant {wildcards.variant} --config-json {params.cfg}"
+        " --train-bin {input.train} --device {config[device]} --out {output} > {log} 2>&1"

@@ -1,0 +1,51 @@
+# Evaluation of trained models: WikiText-103 perplexity (ours) and lm-eval tasks (the harness).
+# `prepare_tasks` fetches the task datasets (or copies them from a local directory) once;
+# evaluation jobs then run offline.
+
+EVAL_CFG = config.get("evaluate") or {}
+LMEVAL_DIR = "resources/lmeval"
+LMEVAL_TASKS = list((EVAL_CFG.get("lm_eval") or {}).get("tasks", []))
+EVAL_WIDTHS = EVAL_CFG.get("widths", "all")
+EVAL_CELLS = [c for c in CELLS if EVAL_WIDTHS == "all" or c.width in EVAL_WIDTHS]
+ALL_EVALS = [f"{c.run_dir}/eval/{name}.json" for c in EVAL_CELLS for name in ("wikitext", "lm_eval")]
+
+
+localrules:
+    prepare_tasks,
+
+
+rule prepare_tasks:
+    output:
+        f"{LMEVAL_DIR}/manifest.json",
+    log:
+        f"results/logs/{TIER}/prepare-tasks.log",
+    params:
+        tasks=",".join(LMEVAL_TASKS) or "none",
+        local=lambda wildcards: (
+            f"--local-dir {shlex.quote(EVAL_CFG['local_dir'])}" if EVAL_CFG.get("local_dir") else ""
+        ),
+    shell:
+        "{PYTHON} -m gdn prepare-tasks --tasks {params.tasks} --out {LMEVAL_DIR} {params.local} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        metrics=f"{RUN_DIR}/metrics.json",
+        wikitext=rules.prepare.output.test_raw,
+        tasks=rules.prepare_tasks.output,
+    output:
+        wikitext=f"{RUN_DIR}/eval/wikitext.json",
+        lm_eval=f"{RUN_DIR}/eval/lm_eval.json",
+    log:
+        f"{RUN_DIR}/eval/evaluate.log",
+    params:
+        cfg=json_arg("evaluate"),
+        run=lambda wildcards, input: os.path.dirname(input.metrics),
+        out=lambda wildcards, output: os.path.dirname(output.wikitext),
+    threads: config["train"].get("threads", 1)
+    resources:
+        gpu=GPU_PER_JOB,
+    shell:
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {PYTHON} -m gdn evaluate --run-dir {params.run}"
+        " --wikitext-test {input.wikitext} --tasks-dir {LMEVAL_DIR} --config-json {params.cfg}"
+        " --device {config[device]} --out {params.out} > {log} 2>&1"
