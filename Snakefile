@@ -10,10 +10,12 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/functions.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/coordcheck.smk"
+include: "workflow/rules/bench.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -21,3 +23,12 @@ rule all:
     default_target: True
     input:
         REPORT,
+
+
+rule compute:
+    # Every job that needs the accelerator, without ingest/report: for running on a GPU machine
+    # and ingesting elsewhere (results/ travels; the database is rebuilt from it).
+    input:
+        ALL_METRICS,
+        ALL_EVALS,
+        ALL_COORD,

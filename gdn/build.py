@@ -67,7 +67,8 @@ def model_config(spec: dict, variant_name: str, width: int, vocab_size: int, mul
     if multipliers is not None:
         kwargs["multipliers"] = multipliers
     if variant.family == "transformer":
-        kwargs["attn_logit_scale"] = P.attention_logit_scale(variant.parametrization, shape["head_dim"], base["head_dim"])
+        kwargs["attn_logit_scale"] = P.attention_logit_scale(
+            variant.parametrization, shape["head_dim"], base["head_dim"])
     else:
         kwargs["query_scale"] = P.gdn_query_scale(variant.parametrization, shape["head_dim"], base["head_dim"])
         kwargs["kernel_backend"] = spec.get("kernel_backend", "auto")

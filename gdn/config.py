@@ -75,7 +75,8 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
     if data["source"] == "local":
         local = data.get("local") or {}
         if not local.get("dir") and not local.get("train"):
-            raise ConfigError("config key 'data.local': set data.local.dir or data.local.train when data.source is 'local'")
+            raise ConfigError(
+                "config key 'data.local': set data.local.dir or data.local.train when data.source is 'local'")
         for split in ("train", "valid", "test"):
             for f in local.get(split, []):
                 if not (base_dir / f).exists():

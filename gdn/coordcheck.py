@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from gdn.build import build_model
-from gdn.data.tokens import load_tokens, train_batch
+from gdn.data.tokens import load_meta, load_tokens, train_batch
 from gdn.parametrization import VARIANTS, optimizer_groups
 
 # Defaults of the config's `coordcheck` section; the quick tier's CPU budget sets them.
@@ -53,7 +53,7 @@ DEFAULTS = {
     "width_mode": None,  # None: the model spec's width_mode
     "kernel_backend": None,  # None: the model spec's kernel_backend
     "adam_eps": 1e-8,
-    "threads": None,  # CPU threads (None: torch's default)
+    "threads": None,  # CPU threads (None: train.threads, else torch's default)
     "slope_tolerance": 0.25,  # see analyze()
     "noise_factor": 3.0,
 }
@@ -109,7 +109,7 @@ def model_spec_for_check(spec: dict, settings: dict) -> dict:
 
 @dataclass
 class ProbeResult:
-    tensors: dict[str, list[torch.Tensor]]  # module -> one tensor per layer (a single one for embed/logits)
+    tensors: dict[str, list[torch.Tensor]]  # module -> one tensor per layer (one in all for embedding, logits)
     loss: float
 
 
@@ -119,7 +119,7 @@ def _first(output):
 
 @contextmanager
 def _recording(model: torch.nn.Module):
-    """Forward hooks that collect each module family's output while the block is active."""
+    """Forward hooks that collect each module family's output inside the `with` block."""
     store: dict[str, list[torch.Tensor]] = {}
     handles = []
 
@@ -180,7 +180,8 @@ def sizes(result: ProbeResult, baseline: ProbeResult | None) -> dict[str, float]
         out[name] = float(np.mean([t.abs().mean().item() for t in per_layer]))
         if baseline is not None:
             base = baseline.tensors[name]
-            out["delta_" + name] = float(np.mean([(t - b).abs().mean().item() for t, b in zip(per_layer, base)]))
+            changes = [(t - b).abs().mean().item() for t, b in zip(per_layer, base, strict=True)]
+            out["delta_" + name] = float(np.mean(changes))
     out["loss"] = result.loss
     return out
 
@@ -277,7 +278,8 @@ def analyze(coord: pd.DataFrame, settings: dict) -> dict[str, pd.DataFrame]:
     slope_cols = ["variant", "module", "quantity", "rule", "judged", "step", "slope", "slope_se", "n_widths",
                   "n_seeds", "width_min", "width_max", "tolerance", "flagged"]
     if coord.empty:
-        return {"coord_slopes": pd.DataFrame(columns=slope_cols), "coord_verdict": _verdicts(pd.DataFrame(columns=slope_cols))}
+        empty = pd.DataFrame(columns=slope_cols)
+        return {"coord_slopes": empty, "coord_verdict": _verdicts(empty)}
     df = coord.copy()
     if "rule" not in df:
         df["rule"] = df["module"].map(lambda m: MODULES.get(m, ("size", "info"))[1])
@@ -318,7 +320,7 @@ def _verdicts(slopes: pd.DataFrame) -> pd.DataFrame:
         last = g[g["step"] == g["step"].max()]
         judged = last[last["judged"]]
         bad = judged[judged["flagged"]]
-        names = ", ".join(f"{m} ({s:+.2f})" for m, s in zip(bad["module"], bad["slope"]))
+        names = ", ".join(f"{m} ({s:+.2f})" for m, s in zip(bad["module"], bad["slope"], strict=True))
         rows.append({
             "variant": variant, "step": int(last["step"].iloc[0]), "n_judged": len(judged), "n_flagged": len(bad),
             "flagged_modules": names,
@@ -333,14 +335,16 @@ def judgement_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
     lines = []
     for variant, g in slopes.groupby("variant", sort=True):
         last = g[(g["step"] == g["step"].max()) & g["judged"]]
-        lines.append(f"{variant}: step {int(g['step'].max())}, widths {int(g['width_min'].min())}..{int(g['width_max'].max())}")
+        widths = f"{int(g['width_min'].min())}..{int(g['width_max'].max())}"
+        lines.append(f"{variant}: step {int(g['step'].max())}, widths {widths}")
         for r in last.itertuples():
             mark = "FLAG" if r.flagged else "ok  "
             lines.append(f"  {mark} {r.module:<14} rule={r.rule:<6} slope={r.slope:+.3f}  tol={r.tolerance:.3f}")
         verdict = tables["coord_verdict"]
         v = verdict[verdict["variant"] == variant]
         if not v.empty:
-            lines.append(f"  => {v['verdict'].iloc[0]}" + (f": {v['flagged_modules'].iloc[0]}" if v["n_flagged"].iloc[0] else ""))
+            flagged = f": {v['flagged_modules'].iloc[0]}" if v["n_flagged"].iloc[0] else ""
+            lines.append(f"  => {v['verdict'].iloc[0]}{flagged}")
     return lines
 
 
@@ -355,7 +359,8 @@ def print_judgement(tables: dict[str, pd.DataFrame]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     parser.add_argument("--config-json", required=True,
-                        help='JSON object: {"model": spec, "coordcheck": {...}, "train": {...}, "vocab_size": int}')
+                        help='JSON object: {"model": spec, "coordcheck": {...}, "train": {...}, "vocab_size": int}; '
+                             "vocab_size defaults to the one in the token file's meta.json")
     parser.add_argument("--train-bin", required=True, help="packed training tokens (<split>.bin with .meta.json)")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -377,9 +382,15 @@ def _describe(device: torch.device) -> str:
 
 def run(args: argparse.Namespace) -> int:
     config = json.loads(args.config_json)
+    if config.get("vocab_size") is None:
+        # The tokenize step records the vocabulary beside the tokens; the config may omit it.
+        config["vocab_size"] = load_meta(args.train_bin).get("vocab_size")
+        if config["vocab_size"] is None:
+            raise ValueError(f"no vocab_size in --config-json nor in the meta file of {args.train_bin}")
     settings = settings_from_config(config)
-    if settings["threads"]:
-        torch.set_num_threads(int(settings["threads"]))
+    threads = settings["threads"] or (config.get("train") or {}).get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
     device = resolve_device(args.device)
     tokens = load_tokens(args.train_bin)
     start = time.time()

@@ -101,6 +101,23 @@ def rows_file(path: str) -> list[dict]:
     return [{**extra, **row, "source_file": str(path)} for row in payload.get("rows", [])]
 
 
+def bench_tables(bench_files: list[str]) -> dict[str, pd.DataFrame]:
+    """Benchmark files: model-level suites go to `bench`, kernel micro-benchmarks to `kernel_bench`,
+    and one `bench_suites` row per file records its status (a skipped suite says why)."""
+    rows: dict[str, list[dict]] = {"bench": [], "kernel_bench": []}
+    suites = []
+    for f in bench_files:
+        payload = _read_json(f)
+        table = "kernel_bench" if payload.get("kind") == "kernel_bench" else "bench"
+        rows[table] += rows_file(f)
+        suites.append({"suite": payload.get("suite", table), "kind": payload.get("kind"),
+                       "status": payload.get("status", "completed"), "reason": payload.get("reason"),
+                       "device": payload.get("device"), "commit": payload.get("commit"), "source_file": str(f)})
+    out = {name: _frame(r) for name, r in rows.items()}
+    out["bench_suites"] = _frame(suites, ["suite", "kind", "status", "reason", "device", "commit", "source_file"])
+    return out
+
+
 def _frame(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=columns) if columns else pd.DataFrame(rows)
     return frame
@@ -109,13 +126,14 @@ def _frame(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
 def build(db_path: Path, metrics_files: list[str], eval_files: list[str], coord_files: list[str],
           bench_files: list[str], settings: dict) -> dict[str, int]:
     runs = _frame([run_row(_read_json(f), f) for f in metrics_files], RUN_COLUMNS)
-    curves = _frame([r for f in metrics_files for r in curve_rows(_read_json(f)["run_id"], Path(f).parent / "log.jsonl")],
+    curve_lists = (curve_rows(_read_json(f)["run_id"], Path(f).parent / "log.jsonl") for f in metrics_files)
+    curves = _frame([r for rows in curve_lists for r in rows],
                     ["run_id", "step", "loss", "lr", "grad_norm", "tokens", "tok_s", "val_loss"])
     evaluations = _frame([r for f in eval_files for r in evaluation_rows(f)],
                          ["run_id", "task", "metric", "value", "stderr", "wall_s", "source_file"])
     tables: dict[str, pd.DataFrame] = {"runs": runs, "curves": curves, "evaluations": evaluations}
     tables["coord"] = _frame([r for f in coord_files for r in rows_file(f)])
-    tables["bench"] = _frame([r for f in bench_files for r in rows_file(f)])
+    tables.update(bench_tables(bench_files))
     tables.update(derived_tables(runs, tables["coord"], settings))
     tables["meta"] = pd.DataFrame(
         [{"key": k, "value": str(v)} for k, v in {

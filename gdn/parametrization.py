@@ -20,8 +20,8 @@ docs/mup_gdn.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -184,7 +184,8 @@ def optimizer_groups(model: nn.Module, infos: dict[str, ParamInfo], lr: float, w
         group_lr = lr * info.rule.lr(info.width_ratio)
         wd = 0.0 if info.role in NO_WEIGHT_DECAY_ROLES else weight_decay * info.rule.weight_decay(info.width_ratio)
         key = (info.role, round(group_lr, 15), round(wd, 15))
-        group = groups.setdefault(key, {"params": [], "names": [], "lr": group_lr, "weight_decay": wd, "role": info.role})
+        group = groups.setdefault(
+            key, {"params": [], "names": [], "lr": group_lr, "weight_decay": wd, "role": info.role})
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())

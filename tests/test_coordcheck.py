@@ -111,16 +111,18 @@ def run_cli(tmp_path, train_bin, variant):
 
 def test_cli_coordcheck_on_cpu(tmp_path, capsys):
     train_bin = write_tokens(tmp_path)
-    runs = {v: run_cli(tmp_path, train_bin, v) for v in ("transformer_sp", "transformer_mup", "gdn_mup", "gdn_mup_nogn")}
+    variants = ("transformer_sp", "transformer_mup", "gdn_mup", "gdn_mup_nogn")
+    runs = {v: run_cli(tmp_path, train_bin, v) for v in variants}
     assert "=>" in capsys.readouterr().out  # the judgement is printed after the JSON is written
     slopes = coordcheck.analyze(pd.concat(runs.values()), {})["coord_slopes"]
 
     def s(variant, module, step):
         return slope_of(slopes, variant=variant, module=module, step=step).slope
 
-    # SP grows the MLP output with width once it trains; μP keeps it flat.
-    assert s("transformer_sp", "mlp", 2) > s("transformer_mup", "mlp", 2) + 0.5
-    assert abs(s("transformer_mup", "mlp", 2)) < 0.25
+    # SP grows the MLP output with width (by ~1.5-2 here); μP keeps it near flat (widths 16-64 are
+    # small enough for finite-width drifts of ~0.3 after the first hidden update).
+    assert s("transformer_sp", "mlp", 2) > s("transformer_mup", "mlp", 2) + 0.8
+    assert abs(s("transformer_mup", "mlp", 2)) < 0.45
     # Readout-style gates (x 1/m) start smaller at larger width; gating normalization keeps them flat.
     assert s("gdn_mup_nogn", "gate_a", 0) < -0.3 and s("gdn_mup_nogn", "gate_b", 0) < -0.3
     assert abs(s("gdn_mup", "gate_a", 0)) < 0.2 and abs(s("gdn_mup", "gate_b", 0)) < 0.2
@@ -131,3 +133,21 @@ def test_cli_coordcheck_on_cpu(tmp_path, capsys):
     assert ((beta > 0) & (beta < 1)).all()
     # The μP readout starts at zero: logits are exactly zero at init.
     assert (gdn.query("module == 'logits' and step == 0")["mean_abs"] == 0).all()
+
+
+def test_report_section_renders_panels_and_flags():
+    import duckdb
+
+    from gdn.report.sections import coord as section
+
+    rows = pd.DataFrame(power_law_rows("gdn_sp", "mlp", 1.0) + power_law_rows("gdn_sp", "gate_a", 0.5)
+                        + power_law_rows("gdn_mup", "mlp", 0.0))
+    con = duckdb.connect()
+    for name, table in {"coord": rows, **coordcheck.analyze(rows, {})}.items():
+        con.register("frame_view", table)
+        con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM frame_view')
+        con.unregister("frame_view")
+    out = section.build(con, {"tier": "test", "commit": "abc", "claims": []})
+    assert out["id"] == "coord" and out["html"].count("<svg") == 2
+    assert 'class="bad">+1.00' in out["html"] and "scales with width" in out["html"]
+    assert section.build(duckdb.connect(), {"tier": "test", "commit": "abc", "claims": []}) is None

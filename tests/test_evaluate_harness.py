@@ -17,9 +17,18 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 torch = pytest.importorskip("torch")
 
 SPEC = {
-    "n_layers": 2, "base_width": 32, "width_mode": "head_dim", "n_heads": 2, "head_dim": 16, "gdn_expand_v": 1,
-    "mlp_ratio": {"transformer": 2.75, "gdn": 2.0}, "init_std": 0.02, "input_multiplier": 1.0,
-    "output_multiplier": 1.0, "readout_zero_init": True, "max_position_embeddings": 512,
+    "n_layers": 2,
+    "base_width": 32,
+    "width_mode": "head_dim",
+    "n_heads": 2,
+    "head_dim": 16,
+    "gdn_expand_v": 1,
+    "mlp_ratio": {"transformer": 2.75, "gdn": 2.0},
+    "init_std": 0.02,
+    "input_multiplier": 1.0,
+    "output_multiplier": 1.0,
+    "readout_zero_init": True,
+    "max_position_embeddings": 512,
 }
 WORDS = "the a river city army song album game was is in of and to for with by on first later new old".split()
 CONTEXT = 32
@@ -36,7 +45,10 @@ def wikitext_like(rng, pages=4):
     for p in range(pages):
         lines += [f" = Page {p} title = ", " "]
         for s in range(2):
-            lines += [" " + " ".join(sentence(rng) for _ in range(3)) + " It has 1 @,@ 000 @-@ year ( old ) parts . ", " "]
+            lines += [
+                " " + " ".join(sentence(rng) for _ in range(3)) + " It has 1 @,@ 000 @-@ year ( old ) parts . ",
+                " ",
+            ]
             lines += [f" = = Section {s} = = ", " ", " " + sentence(rng) + " ", " "]
     return "\n".join(lines) + "\n"
 
@@ -54,8 +66,9 @@ def saved_run(tmp_path_factory):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([sentence(rng) for _ in range(200)] + [wikitext_like(rng, 1)], trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
     # gdn_sp: a non-zero readout, so the random model's predictions are not uniform.
@@ -78,21 +91,34 @@ def scorer(saved_run):
 
 def write_tiny_task_files(folder, rng):
     """A few rows of every default task, in the layouts docs/evaluation.md describes."""
+
     def rows(name, make, n=4):
         with open(folder / name, "w") as f:
             for i in range(n):
                 f.write(json.dumps(make(i)) + "\n")
 
     rows("lambada_openai_test.jsonl", lambda i: {"text": sentence(rng)[:-2]})
-    rows("piqa_validation.jsonl", lambda i: {"goal": sentence(rng), "sol1": sentence(rng), "sol2": sentence(rng),
-                                             "label": i % 2})
-    rows("hellaswag_validation_preprocessed.jsonl",
-         lambda i: {"query": sentence(rng), "choices": [sentence(rng) for _ in range(4)], "gold": i % 4})
-    rows("winogrande_xl_validation.jsonl", lambda i: {"sentence": "The river _ was old .", "option1": "city",
-                                                      "option2": "army", "answer": "12"[i % 2]})
+    rows(
+        "piqa_validation.jsonl",
+        lambda i: {"goal": sentence(rng), "sol1": sentence(rng), "sol2": sentence(rng), "label": i % 2},
+    )
+    rows(
+        "hellaswag_validation_preprocessed.jsonl",
+        lambda i: {"query": sentence(rng), "choices": [sentence(rng) for _ in range(4)], "gold": i % 4},
+    )
+    rows(
+        "winogrande_xl_validation.jsonl",
+        lambda i: {"sentence": "The river _ was old .", "option1": "city", "option2": "army", "answer": "12"[i % 2]},
+    )
     for name in ("arc_easy_test.jsonl", "arc_challenge_test.jsonl"):
-        rows(name, lambda i: {"question": sentence(rng), "answerKey": "ABCD"[i],
-                              "choices": {"text": [sentence(rng) for _ in range(4)], "label": list("ABCD")}})
+        rows(
+            name,
+            lambda i: {
+                "question": sentence(rng),
+                "answerKey": "ABCD"[i],
+                "choices": {"text": [sentence(rng) for _ in range(4)], "label": list("ABCD")},
+            },
+        )
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +141,10 @@ def test_scores_match_a_plain_forward_pass(scorer):
 
     pairs = [([5, 6, 7], [8, 9]), ([10], [11, 12, 13, 14]), (list(range(20, 60)), [61])]
     got = scorer.score_pairs(pairs)
-    for (context, continuation), score in zip(pairs, got):
-        whole = (context + continuation)[-(CONTEXT + 1):]
+    for (context, continuation), score in zip(pairs, got, strict=True):
+        whole = (context + continuation)[-(CONTEXT + 1) :]
         logits = scorer.model(torch.tensor([whole[:-1]])).logits[0]
-        logprobs = F.log_softmax(logits[-len(continuation):], -1)
+        logprobs = F.log_softmax(logits[-len(continuation) :], -1)
         expected = sum(logprobs[i, t].item() for i, t in enumerate(continuation))
         assert score.logprob == pytest.approx(expected, abs=1e-4)
 
@@ -162,8 +188,15 @@ def test_default_tasks_run_offline_from_local_files(scorer, tasks_dir):
 
     rows, details = run_tasks(GDNHarnessLM(scorer), tasks_dir, list(DEFAULT_TASKS), limit=3, bootstrap_iters=10)
     got = {(r["task"], r["metric"]): r for r in rows}
-    expected = {("lambada_openai", "acc"), ("lambada_openai", "perplexity"), ("piqa", "acc"), ("hellaswag", "acc_norm"),
-                ("winogrande", "acc"), ("arc_easy", "acc"), ("arc_challenge", "acc_norm")}
+    expected = {
+        ("lambada_openai", "acc"),
+        ("lambada_openai", "perplexity"),
+        ("piqa", "acc"),
+        ("hellaswag", "acc_norm"),
+        ("winogrande", "acc"),
+        ("arc_easy", "acc"),
+        ("arc_challenge", "acc_norm"),
+    }
     assert expected <= set(got)
     assert all(0 <= got[k]["value"] <= 1 for k in expected if k[1] != "perplexity")
     assert got[("piqa", "acc")]["stderr"] is not None
@@ -203,8 +236,12 @@ def test_generate_until_is_greedy_and_stops_at_until(scorer, tmp_path):
         f"generation_kwargs:\n  until: [{json.dumps(stop)}]\n  max_gen_toks: 12\n  do_sample: false\n"
         "metric_list:\n  - metric: exact_match\n"
     )
-    results = simple_evaluate(model=GDNHarnessLM(scorer), tasks=["tiny_gen"], bootstrap_iters=0,
-                              task_manager=TaskManager(include_defaults=False, include_path=str(tmp_path)))
+    results = simple_evaluate(
+        model=GDNHarnessLM(scorer),
+        tasks=["tiny_gen"],
+        bootstrap_iters=0,
+        task_manager=TaskManager(include_defaults=False, include_path=str(tmp_path)),
+    )
     samples = results["samples"]["tiny_gen"]
     assert len(samples) == len(prompts)
     for sample in samples:
@@ -217,8 +254,12 @@ def test_generate_until_is_greedy_and_stops_at_until(scorer, tmp_path):
 def test_evaluate_command_writes_both_files(saved_run, tasks_dir, tmp_path):
     from gdn.evaluate.run import evaluate_run
 
-    config = {"context": CONTEXT, "batch_size": 4, "wikitext": {"stride": 16},
-              "lm_eval": {"tasks": ["piqa"], "limit": 3, "bootstrap_iters": 0}}
+    config = {
+        "context": CONTEXT,
+        "batch_size": 4,
+        "wikitext": {"stride": 16},
+        "lm_eval": {"tasks": ["piqa"], "limit": 3, "bootstrap_iters": 0},
+    }
     evaluate_run(saved_run, saved_run / "wiki.test.raw", tasks_dir, config, tmp_path, device="cpu")
     wikitext = json.loads((tmp_path / "wikitext.json").read_text())
     lm_eval = json.loads((tmp_path / "lm_eval.json").read_text())
@@ -233,6 +274,24 @@ def test_evaluate_command_writes_both_files(saved_run, tasks_dir, tmp_path):
     assert lm_eval["settings"]["samples"] == {"piqa": 3}
 
     # No lm-eval tasks: lm_eval.json is still written, with no results.
-    evaluate_run(saved_run, saved_run / "wiki.test.raw", tasks_dir, {"context": CONTEXT, "lm_eval": {"tasks": []}},
-                 tmp_path / "none", device="cpu")
+    evaluate_run(
+        saved_run,
+        saved_run / "wiki.test.raw",
+        tasks_dir,
+        {"context": CONTEXT, "lm_eval": {"tasks": []}},
+        tmp_path / "none",
+        device="cpu",
+    )
     assert json.loads((tmp_path / "none" / "lm_eval.json").read_text())["results"] == []
+
+
+def test_context_defaults_to_the_training_sequence_length(saved_run, tasks_dir, tmp_path):
+    from gdn.evaluate.run import evaluate_run
+
+    metrics = json.loads((saved_run / "metrics.json").read_text())
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model").symlink_to(saved_run / "model")
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "config": {"train": {"seq_len": 24}}}))
+    evaluate_run(run_dir, saved_run / "wiki.test.raw", tasks_dir, {"lm_eval": {"tasks": []}}, tmp_path, device="cpu")
+    assert json.loads((tmp_path / "wikitext.json").read_text())["settings"]["context"] == 24

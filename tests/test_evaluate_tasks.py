@@ -94,9 +94,21 @@ def test_a_run_that_did_not_complete_is_skipped(tmp_path, status):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "metrics.json").write_text(json.dumps({"status": status}))
-    code = main(["evaluate", "--run-dir", str(run_dir), "--wikitext-test", str(tmp_path / "absent.raw"),
-                 "--tasks-dir", str(tmp_path / "absent"), "--out", str(run_dir / "eval"),
-                 "--config-json", json.dumps({"lm_eval": {"tasks": ["piqa"]}})])
+    code = main(
+        [
+            "evaluate",
+            "--run-dir",
+            str(run_dir),
+            "--wikitext-test",
+            str(tmp_path / "absent.raw"),
+            "--tasks-dir",
+            str(tmp_path / "absent"),
+            "--out",
+            str(run_dir / "eval"),
+            "--config-json",
+            json.dumps({"lm_eval": {"tasks": ["piqa"]}}),
+        ]
+    )
     assert code == 0
     for name in ("wikitext.json", "lm_eval.json"):
         payload = json.loads((run_dir / "eval" / name).read_text())
@@ -108,3 +120,51 @@ def test_unknown_config_key_is_an_error(tmp_path):
 
     with pytest.raises(ValueError, match=r"evaluate\.lm_eval\.taks"):
         merge_settings({"lm_eval": {"taks": []}})
+
+
+def test_hub_fetch_records_the_resolved_revision_and_preprocesses_hellaswag(tmp_path, monkeypatch):
+    """The hub path with `datasets` and the hub API stubbed out (tests stay offline)."""
+    import datasets
+    import huggingface_hub
+
+    class FakeApi:
+        def dataset_info(self, path, revision=None):
+            assert revision == "main"
+            return type("Info", (), {"sha": "f" * 40})()
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, revision=None):
+        calls.append((path, name, split, revision))
+        return datasets.Dataset.from_list(
+            [
+                {
+                    "ind": 1,
+                    "activity_label": "Roof shingle removal",
+                    "ctx_a": "A man is on a roof.",
+                    "ctx_b": "he",
+                    "ctx": "",
+                    "endings": ["starts pulling up roofing.", "eats [title] lunch."],
+                    "source_id": "x",
+                    "split": "val",
+                    "split_type": "indomain",
+                    "label": "0",
+                }
+            ]
+        )
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    out = tmp_path / "lmeval"
+    prepare(["hellaswag"], out)
+    assert calls == [("Rowan/hellaswag", None, "validation", "f" * 40)]
+    row = json.loads((out / "hellaswag_validation_preprocessed.jsonl").read_text())
+    assert row == {
+        "query": "Roof shingle removal: A man is on a roof. He",
+        "gold": 0,
+        "choices": ["starts pulling up roofing.", "eats. lunch."],
+    }
+    source = json.loads((out / "manifest.json").read_text())["files"]["hellaswag_validation_preprocessed.jsonl"][
+        "source"
+    ]
+    assert source["dataset"] == "Rowan/hellaswag" and source["revision"] == "f" * 40

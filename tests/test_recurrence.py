@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from gdn_kernels import gated_delta_rule, gated_delta_rule_step, reference
 
 
@@ -52,7 +51,7 @@ def test_decode_steps_continue_a_prefill():
     g = torch.Generator().manual_seed(3)
     B, T, H, K, V = 2, 12, 2, 8, 8
     q, k, v = (torch.randn(B, T, H, D, generator=g, dtype=torch.float64) for D in (K, K, V))
-    a, b = torch.randn(B, T, H, generator=g, dtype=torch.float64), torch.randn(B, T, H, generator=g, dtype=torch.float64)
+    a, b = (torch.randn(B, T, H, generator=g, dtype=torch.float64) for _ in range(2))
     A_log, dt_bias = torch.rand(H, dtype=torch.float64) + 0.5, torch.randn(H, dtype=torch.float64)
     kw = dict(a_scale=0.5, b_scale=0.7)
     o_full, _ = gated_delta_rule(q, k, v, a, b, A_log, dt_bias, **kw)

@@ -141,7 +141,7 @@ def confirmation_runs(variant, width, center, losses, diverged=(False, False, Fa
     return pd.DataFrame([
         {"variant": variant, "width": width, "log2_lr": center + off, "seed": 0,
          "status": "diverged" if d else "completed", "final_val_loss": math.nan if d else loss}
-        for off, loss, d in zip((-1, 0, 1), losses, diverged)
+        for off, loss, d in zip((-1, 0, 1), losses, diverged, strict=True)
     ])
 
 
@@ -167,3 +167,22 @@ def test_confirm_small_regret_at_a_neighbour_is_still_transfer():
     runs = confirmation_runs("gdn_mup", 1024, -7.0, (2.99, 3.00, 3.05))
     out = transfer.confirm(runs, {"gdn_mup": -7.0})
     assert out["verdict"].iloc[0] == "yes" and out["best_offset"].iloc[0] == -1
+
+
+def test_report_section_renders_curves_and_verdicts():
+    import duckdb
+
+    from gdn.report.sections import transfer as section
+
+    runs = pd.concat([sweep("gdn_mup", {64: -7.0, 256: -7.0}),
+                      sweep("gdn_sp", {64: -7.0, 256: -10.0}, diverge_above={256: -8.0})])
+    runs["run_id"] = [f"<run {i}>" for i in range(len(runs))]
+    con = duckdb.connect()
+    for name, table in {"runs": runs, **transfer.analyze(runs)}.items():
+        con.register("frame_view", table)
+        con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM frame_view')
+        con.unregister("frame_view")
+    out = section.build(con, {"tier": "test", "commit": "abc", "claims": []})
+    assert out["id"] == "transfer" and "<svg" in out["html"]
+    assert "no (diverged with same LR)" in out["html"] and ">yes<" in out["html"]
+    assert section.build(duckdb.connect(), {"tier": "test", "commit": "abc", "claims": []}) is None

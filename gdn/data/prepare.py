@@ -113,7 +113,8 @@ OFFLINE_HINT = (
 def hub_splits(hub: dict) -> dict[str, str]:
     """Raw text per split from the hub: rows joined as they are (that is the raw file layout)."""
     if not _hub_reachable():
-        raise ConfigError(f"config key 'data.source' is 'hub' but the Hugging Face hub is not reachable: {OFFLINE_HINT}")
+        raise ConfigError(
+            f"config key 'data.source' is 'hub' but the Hugging Face hub is not reachable: {OFFLINE_HINT}")
     import datasets
 
     try:

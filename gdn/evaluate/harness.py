@@ -4,12 +4,13 @@
 loglikelihood (batched, via lm-eval's `TemplateLM` tokenization of context/continuation),
 loglikelihood_rolling (lm-eval's disjoint rolling windows) and generate_until (greedy,
 through the models' own `prefill`/`decode_step`, i.e. the recurrent state for GDN; HFLM
-would go through `generate` instead). It is registered as lm-eval model "gdn_repro", so
-`lm_eval --model gdn_repro --model_args pretrained=RUN/model,max_length=2048` works too.
+would go through `generate` instead). Importing this module registers it as lm-eval model
+"gdn_repro" (model_args: pretrained=RUN/model,max_length=...,batch_size=...,device=...).
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -19,12 +20,21 @@ from lm_eval.api.registry import register_model
 from gdn.evaluate.scoring import CausalScorer, load_model_and_tokenizer, resolve_device
 
 DEFAULT_MAX_GEN_TOKS = 256
+log = logging.getLogger(__name__)
 
 
 @register_model("gdn_repro")
 class GDNHarnessLM(TemplateLM):
-    def __init__(self, scorer: CausalScorer | None = None, *, pretrained: str | None = None, max_length: int = 2048,
-                 batch_size: int = 8, device: str = "auto", max_gen_toks: int = DEFAULT_MAX_GEN_TOKS):
+    def __init__(
+        self,
+        scorer: CausalScorer | None = None,
+        *,
+        pretrained: str | None = None,
+        max_length: int = 2048,
+        batch_size: int = 8,
+        device: str = "auto",
+        max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+    ):
         super().__init__()
         if scorer is None:
             if pretrained is None:
@@ -89,6 +99,8 @@ class GDNHarnessLM(TemplateLM):
             if eos_text and eos_text not in until:
                 until.append(eos_text)
             max_new = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
+            if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) > 0:
+                log.warning("%s asks for sampling (%s); decoding greedily instead", req.task_name, gen_kwargs)
             settings.append((self.tok_encode(context), until))
             groups.setdefault(max_new, []).append(i)
         outputs: list[str] = [""] * len(requests)
@@ -96,7 +108,7 @@ class GDNHarnessLM(TemplateLM):
             texts = self.scorer.generate_greedy(
                 [settings[i][0] for i in indices], max_new, [settings[i][1] for i in indices]
             )
-            for i, text in zip(indices, texts):
+            for i, text in zip(indices, texts, strict=True):
                 outputs[i] = text
         return outputs
 
@@ -115,17 +127,27 @@ def result_rows(results: dict, task_names: list[str]) -> list[dict]:
                 continue
             metric, filter_name = key.split(",", 1)
             stderr = metrics.get(f"{metric}_stderr,{filter_name}")
-            rows.append({
-                "task": task,
-                "metric": metric if filter_name == "none" else key,
-                "value": float(value),
-                "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric if filter_name == "none" else key,
+                    "value": float(value),
+                    "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                }
+            )
     return rows
 
 
-def run_tasks(lm: GDNHarnessLM, tasks_dir: str | Path, task_names: list[str], *, limit: int | float | None = None,
-              num_fewshot: int = 0, bootstrap_iters: int = 1000, seed: int = 1234) -> tuple[list[dict], dict]:
+def run_tasks(
+    lm: GDNHarnessLM,
+    tasks_dir: str | Path,
+    task_names: list[str],
+    *,
+    limit: int | float | None = None,
+    num_fewshot: int = 0,
+    bootstrap_iters: int = 1000,
+    seed: int = 1234,
+) -> tuple[list[dict], dict]:
     """Evaluates `task_names` from the local task data in `tasks_dir`; no network access.
 
     Returns (result rows, details: per-task sample counts and task versions).

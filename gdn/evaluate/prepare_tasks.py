@@ -37,17 +37,33 @@ from gdn.evaluate.tasks import (
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
-                        help=f"lm-eval task names (default: {' '.join(DEFAULT_TASKS)})")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(DEFAULT_TASKS),
+        help=f"lm-eval task names (default: {' '.join(DEFAULT_TASKS)})",
+    )
     parser.add_argument("--out", required=True, help="the tasks directory to fill, e.g. resources/lmeval")
-    parser.add_argument("--local-dir", default=None,
-                        help="copy task files from this folder instead of downloading (names as in docs/evaluation.md)")
-    parser.add_argument("--manifest", default=None,
-                        help="with --local-dir: expected checksums (manifest.json from this command, or sha256sum output)")
-    parser.add_argument("--wikitext-test", default=None,
-                        help="raw WikiText test file (wiki.test.raw), needed for the `wikitext` task")
-    parser.add_argument("--revision", action="append", default=[], metavar="TASK=REV",
-                        help="hub revision to fetch for a task (repeatable); default: the current main, recorded by sha")
+    parser.add_argument(
+        "--local-dir",
+        default=None,
+        help="copy task files from this folder instead of downloading (names as in docs/evaluation.md)",
+    )
+    parser.add_argument(
+        "--manifest",
+        default=None,
+        help="with --local-dir: expected checksums (manifest.json from this command, or sha256sum output)",
+    )
+    parser.add_argument(
+        "--wikitext-test", default=None, help="raw WikiText test file (wiki.test.raw), needed for the `wikitext` task"
+    )
+    parser.add_argument(
+        "--revision",
+        action="append",
+        default=[],
+        metavar="TASK=REV",
+        help="hub revision to fetch for a task (repeatable); default: the current main, recorded by sha",
+    )
 
 
 def parse_revisions(items: list[str]) -> dict[str, str]:
@@ -83,7 +99,9 @@ def copy_local(spec: TaskData, local_dir: Path, out: Path, checksums: dict[str, 
     digest = sha256_of(source)
     if checksums is not None:
         if spec.file not in checksums:
-            raise TaskDataError(f"the --manifest given lists no checksum for {spec.file}; add it or leave --manifest out")
+            raise TaskDataError(
+                f"the --manifest given lists no checksum for {spec.file}; add it or leave --manifest out"
+            )
         if checksums[spec.file] != digest:
             raise TaskDataError(
                 f"{source} has sha256 {digest}, but the --manifest given expects {checksums[spec.file]}: "
@@ -112,9 +130,16 @@ def fetch_from_hub(spec: TaskData, out: Path, revision: str | None) -> dict:
     path = out / spec.file
     dataset.to_json(str(path), lines=True, force_ascii=False)
     return {
-        "task": spec.task, "sha256": sha256_of(path), "rows": count_checked_rows(path, spec),
-        "source": {"dataset": hub.path, "name": hub.name, "split": hub.split, "revision": sha,
-                   "datasets_version": datasets.__version__},
+        "task": spec.task,
+        "sha256": sha256_of(path),
+        "rows": count_checked_rows(path, spec),
+        "source": {
+            "dataset": hub.path,
+            "name": hub.name,
+            "split": hub.split,
+            "revision": sha,
+            "datasets_version": datasets.__version__,
+        },
     }
 
 
@@ -126,14 +151,25 @@ def build_wikitext_documents(spec: TaskData, raw_path: Path, out: Path) -> dict:
         for page in split_pages(read_test_text(raw_path)):
             f.write(json.dumps({"page": page}, ensure_ascii=False) + "\n")
     return {
-        "task": spec.task, "sha256": sha256_of(path), "rows": count_checked_rows(path, spec),
-        "source": {"raw_test_file": str(raw_path.resolve()), "raw_sha256": sha256_of(raw_path),
-                   "pages": "split at top-level ' = Title = ' lines, as EleutherAI/wikitext_document_level"},
+        "task": spec.task,
+        "sha256": sha256_of(path),
+        "rows": count_checked_rows(path, spec),
+        "source": {
+            "raw_test_file": str(raw_path.resolve()),
+            "raw_sha256": sha256_of(raw_path),
+            "pages": "split at top-level ' = Title = ' lines, as EleutherAI/wikitext_document_level",
+        },
     }
 
 
-def prepare(tasks: list[str], out: str | Path, local_dir: str | Path | None = None, manifest: str | Path | None = None,
-            wikitext_test: str | Path | None = None, revisions: dict[str, str] | None = None) -> dict:
+def prepare(
+    tasks: list[str],
+    out: str | Path,
+    local_dir: str | Path | None = None,
+    manifest: str | Path | None = None,
+    wikitext_test: str | Path | None = None,
+    revisions: dict[str, str] | None = None,
+) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specs = [task_data(t) for t in tasks]  # unknown names fail before anything is written
@@ -148,7 +184,8 @@ def prepare(tasks: list[str], out: str | Path, local_dir: str | Path | None = No
             entry = copy_local(spec, Path(local_dir), out, checksums)
         elif spec.hub is None:
             raise TaskDataError(
-                f"{spec.file} for `{spec.task}` is made from the raw WikiText test file: pass --wikitext-test wiki.test.raw"
+                f"{spec.file} for `{spec.task}` is made from the raw WikiText test file: "
+                "pass --wikitext-test wiki.test.raw"
             )
         else:
             entry = fetch_from_hub(spec, out, (revisions or {}).get(spec.task))

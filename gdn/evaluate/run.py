@@ -25,8 +25,9 @@ from pathlib import Path
 from gdn.evaluate.tasks import DEFAULT_TASKS
 
 DEFAULTS = {
-    "context": 2048,  # tokens per window for perplexities and lm-eval's max_length
+    "context": None,  # tokens per window (perplexities, lm-eval max_length); null: the run's train.seq_len
     "batch_size": 8,  # windows / requests per forward pass
+    "threads": None,  # CPU threads for torch (null: torch's default)
     "widths": "all",  # which widths the workflow evaluates: "all" or a list (not used here)
     "wikitext": {
         "stride": None,  # token perplexity: null = disjoint windows; k < context = sliding by k
@@ -70,10 +71,15 @@ def merge_settings(overrides: dict, defaults: dict = DEFAULTS, where: str = "eva
 
 def check_settings(settings: dict) -> None:
     context, stride = settings["context"], settings["wikitext"]["stride"]
-    if not isinstance(context, int) or context < 2:
-        raise ValueError(f"evaluate.context must be an integer >= 2, got {context!r}")
-    if stride is not None and not (isinstance(stride, int) and 1 <= stride <= context):
-        raise ValueError(f"evaluate.wikitext.stride must be null or an integer in [1, context={context}], got {stride!r}")
+    if context is not None and not (isinstance(context, int) and context >= 2):
+        raise ValueError(f"evaluate.context must be null or an integer >= 2, got {context!r}")
+    if stride is not None and not (isinstance(stride, int) and stride >= 1 and (context is None or stride <= context)):
+        raise ValueError(
+            f"evaluate.wikitext.stride must be null or an integer in [1, context={context}], got {stride!r}"
+        )
+    threads = settings["threads"]
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise ValueError(f"evaluate.threads must be null or a positive integer, got {threads!r}")
     widths = settings["widths"]
     if widths != "all" and not (isinstance(widths, list) and all(isinstance(w, int) for w in widths)):
         raise ValueError(f'evaluate.widths must be "all" or a list of integers, got {widths!r}')
@@ -99,15 +105,38 @@ def write_json(path: Path, payload: dict) -> None:
 
 def write_skipped(out: Path, run_dir: Path, reason: str) -> None:
     for name in OUTPUT_FILES:
-        write_json(out / name, {"kind": "evaluation", "status": "skipped", "reason": reason,
-                                "model_dir": str(run_dir / "model"), "results": []})
+        write_json(
+            out / name,
+            {
+                "kind": "evaluation",
+                "status": "skipped",
+                "reason": reason,
+                "model_dir": str(run_dir / "model"),
+                "results": [],
+            },
+        )
 
 
-def run_status(run_dir: Path) -> str:
+def read_metrics(run_dir: Path) -> dict:
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         raise FileNotFoundError(f"{metrics_path} is missing: train the run before evaluating it")
-    return json.loads(metrics_path.read_text()).get("status", "missing")
+    return json.loads(metrics_path.read_text())
+
+
+def context_length(settings: dict, metrics: dict, run_dir: Path) -> int:
+    """evaluate.context, or the sequence length the run was trained at."""
+    if settings["context"] is not None:
+        return settings["context"]
+    seq_len = ((metrics.get("config") or {}).get("train") or {}).get("seq_len")
+    if not isinstance(seq_len, int):
+        raise ValueError(
+            f"evaluate.context is null and {run_dir / 'metrics.json'} records no config.train.seq_len; "
+            "set evaluate.context to the window length to evaluate at"
+        )
+    if settings["wikitext"]["stride"] is not None and settings["wikitext"]["stride"] > seq_len:
+        raise ValueError(f"evaluate.wikitext.stride exceeds the context length {seq_len} (the run's train.seq_len)")
+    return seq_len
 
 
 def evaluate_run(run_dir, wikitext_test, tasks_dir, config: dict, out, device: str = "auto") -> dict[str, dict]:
@@ -120,41 +149,73 @@ def evaluate_run(run_dir, wikitext_test, tasks_dir, config: dict, out, device: s
     out.mkdir(parents=True, exist_ok=True)
     settings = merge_settings(config)
     check_settings(settings)
-    status = run_status(run_dir)
+    metrics = read_metrics(run_dir)
+    status = metrics.get("status", "missing")
     if status != "completed":
         write_skipped(out, run_dir, f"training status is {status!r}, not 'completed'")
         return {}
+    context = context_length(settings, metrics, run_dir)
     lm_settings = settings["lm_eval"]
     # Check the task data before spending time on the model.
     task_files = verify_task_files(tasks_dir, lm_settings["tasks"])
 
+    if settings["threads"] is not None:
+        import torch
+
+        torch.set_num_threads(settings["threads"])
     torch_device = resolve_device(device)
     model_dir = run_dir / "model"
     model, tokenizer = load_model_and_tokenizer(model_dir, torch_device)
-    scorer = CausalScorer(model, tokenizer, torch_device, settings["context"], settings["batch_size"])
-    common = {"kind": "evaluation", "status": "completed", "model_dir": str(model_dir), "device": str(torch_device),
-              "versions": versions()}
+    scorer = CausalScorer(model, tokenizer, torch_device, context, settings["batch_size"])
+    common = {
+        "kind": "evaluation",
+        "status": "completed",
+        "model_dir": str(model_dir),
+        "device": str(torch_device),
+        "versions": versions(),
+    }
 
     start = time.perf_counter()
     wikitext_rows = evaluate_wikitext(scorer, wikitext_test, settings["wikitext"]["stride"])
-    wikitext = {**common, "wall_s": time.perf_counter() - start, "settings": {
-        "context": settings["context"], "stride": settings["wikitext"]["stride"], "batch_size": settings["batch_size"],
-        "test_file": str(Path(wikitext_test).resolve()), "test_file_sha256": sha256_of(Path(wikitext_test)),
-    }, "results": wikitext_rows}
+    wikitext = {
+        **common,
+        "wall_s": time.perf_counter() - start,
+        "settings": {
+            "context": context,
+            "stride": settings["wikitext"]["stride"],
+            "batch_size": settings["batch_size"],
+            "threads": settings["threads"],
+            "test_file": str(Path(wikitext_test).resolve()),
+            "test_file_sha256": sha256_of(Path(wikitext_test)),
+        },
+        "results": wikitext_rows,
+    }
     write_json(out / "wikitext.json", wikitext)
 
     start = time.perf_counter()
     lm = GDNHarnessLM(scorer, max_gen_toks=lm_settings["max_gen_toks"])
     rows, details = run_tasks(
-        lm, tasks_dir, lm_settings["tasks"], limit=lm_settings["limit"], num_fewshot=lm_settings["num_fewshot"],
-        bootstrap_iters=lm_settings["bootstrap_iters"], seed=lm_settings["seed"],
+        lm,
+        tasks_dir,
+        lm_settings["tasks"],
+        limit=lm_settings["limit"],
+        num_fewshot=lm_settings["num_fewshot"],
+        bootstrap_iters=lm_settings["bootstrap_iters"],
+        seed=lm_settings["seed"],
     )
-    lm_eval = {**common, "wall_s": time.perf_counter() - start, "settings": {
-        **lm_settings, "context": settings["context"], "batch_size": settings["batch_size"],
-        "tasks_dir": str(Path(tasks_dir).resolve()),
-        "task_files": {t: {"sha256": e["sha256"], "rows": e["rows"]} for t, e in task_files.items()},
-        **details,
-    }, "results": rows}
+    lm_eval = {
+        **common,
+        "wall_s": time.perf_counter() - start,
+        "settings": {
+            **lm_settings,
+            "context": context,
+            "batch_size": settings["batch_size"],
+            "tasks_dir": str(Path(tasks_dir).resolve()),
+            "task_files": {t: {"sha256": e["sha256"], "rows": e["rows"]} for t, e in task_files.items()},
+            **details,
+        },
+        "results": rows,
+    }
     write_json(out / "lm_eval.json", lm_eval)
     return {"wikitext": wikitext, "lm_eval": lm_eval}
 

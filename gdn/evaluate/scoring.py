@@ -28,8 +28,9 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model_and_tokenizer(model_dir: str | Path, device: torch.device):
     """A saved run's model (float32, eval mode, on `device`) and its tokenizer."""
-    import gdn.models  # noqa: F401  (registers the model families with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import gdn.models  # noqa: F401  (registers the model families with the Auto classes)
 
     model_dir = Path(model_dir)
     for name in ("config.json", "tokenizer.json"):
@@ -83,8 +84,15 @@ class CausalScorer:
         """
         inputs = []
         for context, continuation in pairs:
-            if not continuation:
-                raise ValueError("a continuation to score must have at least one token")
+            if not context or not continuation:
+                raise ValueError(
+                    "scoring needs at least one context token (e.g. end-of-text) and one continuation token"
+                )
+            if len(continuation) > self.max_length:
+                raise ValueError(
+                    f"a continuation of {len(continuation)} tokens does not fit the context length {self.max_length}; "
+                    "raise evaluate.context"
+                )
             whole = (list(context) + list(continuation))[-(self.max_length + 1) :]
             inputs.append((whole[:-1], whole[len(whole) - len(continuation) :]))
         order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i][0]))
@@ -133,16 +141,20 @@ class CausalScorer:
                 pairs.append(window)
                 owner.append(k)
         totals = [0.0] * len(texts_tokens)
-        for k, score in zip(owner, self.score_pairs(pairs)):
+        for k, score in zip(owner, self.score_pairs(pairs), strict=True):
             totals[k] += score.logprob
         return totals
 
     # -- generation --------------------------------------------------------------------
-    def generate_greedy(self, contexts: list[list[int]], max_new_tokens: int, stop_strings: list[list[str]]) -> list[str]:
+    def generate_greedy(
+        self, contexts: list[list[int]], max_new_tokens: int, stop_strings: list[list[str]]
+    ) -> list[str]:
         """Greedy continuations through the models' `prefill`/`decode_step` (recurrent state
         for GDN, KV cache for the Transformer). Prompts of equal length share a batch, since
         the models take no padding mask. Each text is cut at its first stop string."""
-        keep = max(1, self.max_length - max_new_tokens)
+        # Like lm-eval's HF backend, leave room in the window for the generated tokens, but
+        # keep at least half the window for the prompt when the generation budget is larger.
+        keep = max(self.max_length - max_new_tokens, self.max_length // 2)
         contexts = [list(c)[-keep:] if c else [self.eos_id] for c in contexts]
         order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
         outputs: list[str] = [""] * len(contexts)
@@ -150,11 +162,15 @@ class CausalScorer:
         while k < len(order):
             length = len(contexts[order[k]])
             batch = [order[k]]
-            while k + len(batch) < len(order) and len(batch) < self.batch_size and len(contexts[order[k + len(batch)]]) == length:
+            while (
+                k + len(batch) < len(order)
+                and len(batch) < self.batch_size
+                and len(contexts[order[k + len(batch)]]) == length
+            ):
                 batch.append(order[k + len(batch)])
             k += len(batch)
             texts = self._generate_batch([contexts[i] for i in batch], max_new_tokens, [stop_strings[i] for i in batch])
-            for i, text in zip(batch, texts):
+            for i, text in zip(batch, texts, strict=True):
                 outputs[i] = text
         return outputs
 
@@ -179,7 +195,7 @@ class CausalScorer:
                 if all(done):
                     break
                 logits, cache = self.model.decode_step(next_ids, cache)
-        return [cut_at_stop(self.decode(g), s) for g, s in zip(generated, stops)]
+        return [cut_at_stop(self.decode(g), s) for g, s in zip(generated, stops, strict=True)]
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:

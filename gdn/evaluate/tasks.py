@@ -56,35 +56,63 @@ TASKS: dict[str, TaskData] = {
     t.task: t
     for t in [
         TaskData(
-            "lambada_openai", "lambada_openai_test.jsonl", "test", ("text",),
-            "lambada/lambada_openai.yaml", HubSource("EleutherAI/lambada_openai", "default", "test"),
+            "lambada_openai",
+            "lambada_openai_test.jsonl",
+            "test",
+            ("text",),
+            "lambada/lambada_openai.yaml",
+            HubSource("EleutherAI/lambada_openai", "default", "test"),
         ),
         TaskData(
-            "piqa", "piqa_validation.jsonl", "validation", ("goal", "sol1", "sol2", "label"),
-            "piqa/piqa.yaml", HubSource("baber/piqa", None, "validation"),
+            "piqa",
+            "piqa_validation.jsonl",
+            "validation",
+            ("goal", "sol1", "sol2", "label"),
+            "piqa/piqa.yaml",
+            HubSource("baber/piqa", None, "validation"),
         ),
         TaskData(
-            "hellaswag", "hellaswag_validation_preprocessed.jsonl", "validation", ("query", "choices", "gold"),
-            "hellaswag/hellaswag.yaml", HubSource("Rowan/hellaswag", None, "validation"),
+            "hellaswag",
+            "hellaswag_validation_preprocessed.jsonl",
+            "validation",
+            ("query", "choices", "gold"),
+            "hellaswag/hellaswag.yaml",
+            HubSource("Rowan/hellaswag", None, "validation"),
             # Rows are stored after lm-eval's own preprocessing (see prepare_tasks), which
             # turns `label` into `gold`; running it again would fail on the missing fields.
             overrides={"process_docs": None, "doc_to_target": "{{gold}}"},
         ),
         TaskData(
-            "winogrande", "winogrande_xl_validation.jsonl", "validation", ("sentence", "option1", "option2", "answer"),
-            "winogrande/default.yaml", HubSource("allenai/winogrande", "winogrande_xl", "validation"),
+            "winogrande",
+            "winogrande_xl_validation.jsonl",
+            "validation",
+            ("sentence", "option1", "option2", "answer"),
+            "winogrande/default.yaml",
+            HubSource("allenai/winogrande", "winogrande_xl", "validation"),
         ),
         TaskData(
-            "arc_easy", "arc_easy_test.jsonl", "test", ("question", "choices", "answerKey"),
-            "arc/arc_easy.yaml", HubSource("allenai/ai2_arc", "ARC-Easy", "test"),
+            "arc_easy",
+            "arc_easy_test.jsonl",
+            "test",
+            ("question", "choices", "answerKey"),
+            "arc/arc_easy.yaml",
+            HubSource("allenai/ai2_arc", "ARC-Easy", "test"),
         ),
         TaskData(
-            "arc_challenge", "arc_challenge_test.jsonl", "test", ("question", "choices", "answerKey"),
-            "arc/arc_challenge.yaml", HubSource("allenai/ai2_arc", "ARC-Challenge", "test"),
+            "arc_challenge",
+            "arc_challenge_test.jsonl",
+            "test",
+            ("question", "choices", "answerKey"),
+            "arc/arc_challenge.yaml",
+            HubSource("allenai/ai2_arc", "ARC-Challenge", "test"),
         ),
         TaskData(
-            "wikitext", "wikitext_document_level_test.jsonl", "test", ("page",),
-            "wikitext/wikitext.yaml", None,
+            "wikitext",
+            "wikitext_document_level_test.jsonl",
+            "test",
+            ("page",),
+            "wikitext/wikitext.yaml",
+            None,
         ),
     ]
 }
@@ -134,7 +162,9 @@ def count_checked_rows(path: Path, spec: TaskData) -> int:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise TaskDataError(f"{path}:{line_no} is not valid JSON ({e}); each line must be one JSON object") from e
+                raise TaskDataError(
+                    f"{path}:{line_no} is not valid JSON ({e}); each line must be one JSON object"
+                ) from e
             missing = [k for k in spec.fields if not isinstance(row, dict) or k not in row]
             if missing:
                 raise TaskDataError(f"{path}:{line_no} lacks {missing}; {spec.task} rows need keys {list(spec.fields)}")

@@ -48,7 +48,7 @@ def split_pages(raw_text: str) -> list[str]:
     if not starts:
         raise ValueError("no top-level ' = Title = ' heading lines found: is this the raw WikiText file?")
     ends = starts[1:] + [len(lines)]
-    return ["\n".join(lines[a:b]) for a, b in zip(starts, ends)]
+    return ["\n".join(lines[a:b]) for a, b in zip(starts, ends, strict=True)]
 
 
 def document_metrics(scorer: CausalScorer, pages: list[str]) -> dict:
@@ -79,4 +79,6 @@ def evaluate_wikitext(scorer: CausalScorer, test_path: str | Path, stride: int |
     """Result rows (task "wikitext103") for the evaluation JSON."""
     raw_text = read_test_text(test_path)
     values = {**token_metrics(scorer, raw_text, stride), **document_metrics(scorer, split_pages(raw_text))}
-    return [{"task": "wikitext103", "metric": name, "value": float(value), "stderr": None} for name, value in values.items()]
+    return [
+        {"task": "wikitext103", "metric": name, "value": float(value), "stderr": None} for name, value in values.items()
+    ]

@@ -83,12 +83,12 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def prefill(self, input_ids):
         """Runs the prompt; returns (logits of the last position [B, V], cache)."""
-        h, caches = self.hidden_states(input_ids, caches=[self.empty_cache()] * len(self.blocks))
+        h, caches = self.hidden_states(input_ids, caches=[self.empty_cache() for _ in self.blocks])
         return self.lm_head(h[:, -1]), caches
 
     @torch.no_grad()
     def decode_step(self, token_ids, caches):
-        """One token per sequence ([B] or [B, 1]); returns (logits [B, V], updated cache)."""
+        """One token per sequence ([B] or [B, 1]); returns (logits [B, V], the cache, updated in place)."""
         if token_ids.dim() == 1:
             token_ids = token_ids[:, None]
         h, caches = self.hidden_states(token_ids, caches=caches)

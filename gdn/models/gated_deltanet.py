@@ -14,11 +14,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from gdn_kernels import gated_delta_rule, gated_delta_rule_step
 
 from gdn.models.base import CausalLMBase
 from gdn.models.configuration import GatedDeltaNetLMConfig
 from gdn.models.layers import GatedRMSNorm, ScaledLinear
-from gdn_kernels import gated_delta_rule, gated_delta_rule_step
 
 
 class ShortConv(nn.Module):

@@ -29,20 +29,36 @@ class Attention(nn.Module):
             proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
-        past = 0 if not cache else cache["k"].shape[2]
+        past = cache["len"] if cache else 0
+        if past and T > 1:
+            raise ValueError("chunked prefill after a cache is not supported; prefill once, then decode")
         cos, sin = rotary_tables(past + T, self.head_dim, self.rope_theta, x.device, q.dtype)
         q, k = apply_rotary(q, cos[past:], sin[past:]), apply_rotary(k, cos[past:], sin[past:])
         new_cache = None
         if cache is not None:
-            if cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            new_cache = {"k": k, "v": v}
-        # With a cache and a single new token, that token attends to everything before it.
-        causal = past == 0 or T > 1
-        if past and T > 1:
-            raise ValueError("chunked prefill after a cache is not supported; prefill once, then decode")
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=self.scale)
+            new_cache = _append_to_cache(cache, k, v)
+            k, v = new_cache["k"][:, :, : past + T], new_cache["v"][:, :, : past + T]
+        # A single new token attends to everything before it: no mask needed.
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0, scale=self.scale)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), new_cache
+
+
+def _append_to_cache(cache: dict, k: torch.Tensor, v: torch.Tensor, reserve: int = 256) -> dict:
+    """Writes k, v at the end of preallocated buffers (grown by doubling), so that a decode
+    step copies one token, not the whole cache."""
+    past, T = cache.get("len", 0), k.shape[2]
+    buf_k = cache.get("k")
+    if buf_k is None or past + T > buf_k.shape[2]:
+        capacity = max(past + T + reserve, 2 * (0 if buf_k is None else buf_k.shape[2]))
+        new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+        new_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+        if past:
+            new_k[:, :, :past] = cache["k"][:, :, :past]
+            new_v[:, :, :past] = cache["v"][:, :, :past]
+        cache = {"k": new_k, "v": new_v, "len": past}
+    cache["k"][:, :, past : past + T] = k
+    cache["v"][:, :, past : past + T] = v
+    return {"k": cache["k"], "v": cache["v"], "len": past + T}
 
 
 class TransformerLM(CausalLMBase):

@@ -7,7 +7,8 @@ import pandas as pd
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+    sql = "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
+    return bool(con.execute(sql, [name]).fetchone()[0])
 
 
 def frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pd.DataFrame:

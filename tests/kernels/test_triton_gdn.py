@@ -136,6 +136,9 @@ def check_against_reference(x, dtype, *, a_scale=1.0, b_scale=1.0, scale=None, c
         name: tol["out"] if name in ("o", "ht") else tol["reduced_grad"] if name[1:] in REDUCED_GRADS else tol["grad"]
         for name in errors
     }
+    shape = tuple(x["q"].shape[:3]) + (x["q"].shape[3], x["v"].shape[3])
+    print(f"\n[{DEVICE} {dtype} (B,T,H,K,V)={shape}] relative errors: "
+          + ", ".join(f"{n} {e:.1e}" for n, e in errors.items()))
     failed = {name: f"{err:.2e} > {limits[name]:.0e}" for name, err in errors.items() if not err <= limits[name]}
     assert not failed, f"relative errors over tolerance: {failed} (all: { {n: f'{e:.1e}' for n, e in errors.items()} })"
     return errors
@@ -160,9 +163,12 @@ def test_outputs_and_all_gradients_match_fp64(shape_name, dtype):
     check_against_reference(x, dtype, a_scale=1.3, b_scale=0.7)
 
 
+# The GPU run skips the next two: they differ from the others only in compile-time flags
+# the CPU run already covers, and each flag set costs a full set of kernel compiles.
+@pytest.mark.skipif(ON_GPU, reason="compile-time flags covered by the CPU run")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_without_l2norm_state_or_final_state(dtype):
-    B, T, H, K, V = (2, 300, 4, 128, 128) if ON_GPU else (1, 70, 2, 16, 16)
+    B, T, H, K, V = (1, 70, 2, 16, 16)
     x = make_inputs(B, T, H, K, V, dtype, use_l2=False)
     check_against_reference(x, dtype, scale=0.5, use_l2=False, output_final_state=False)
 
@@ -224,11 +230,10 @@ def test_decode_steps_continue_a_chunked_prefill(dtype):
     assert rel_err(state, ref_state) < tol
 
 
+@pytest.mark.skipif(ON_GPU, reason="compile-time flags covered by the CPU run")
 def test_api_routes_to_the_triton_kernels():
     dtype = DTYPES[0]
-    # On the GPU the shape and flags match test_without_l2norm_state_or_final_state, so
-    # the compiled kernels are reused.
-    B, T, H, K, V = (1, 100, 2, 128, 128) if ON_GPU else (1, 20, 1, 16, 16)
+    B, T, H, K, V = (1, 20, 1, 16, 16)
     x = {n: t.detach() for n, t in make_inputs(B, T, H, K, V, dtype, use_l2=False).items()}
     args = (x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"])
     direct, _ = triton_ops.gated_delta_rule(*args, use_qk_l2norm=False)

@@ -1,4 +1,5 @@
 # Config validation (before any job runs), the grid of cells, and the paths every rule shares.
+import json
 import os
 import shlex
 import shutil
@@ -14,6 +15,7 @@ except gdn_config.ConfigError as error:
     raise WorkflowError(f"invalid configuration: {error}")
 
 TIER = config["tier"]
+CONDA_ENV = "../../environment.yml"  # with --software-deployment-method conda
 PYTHON = shlex.quote(sys.executable)  # the interpreter that runs snakemake has the gdn package
 CELLS = gdn_config.cells(config)
 TEXT_DIR = f"resources/{TIER}/text"

@@ -12,10 +12,14 @@ rule coordcheck:
     log:
         f"results/logs/{TIER}/coordcheck-{{variant}}.log",
     params:
+        python=PYTHON,
+        device=config["device"],
         cfg=json_arg("model", "coordcheck", "train"),
     threads: config["train"].get("threads", 1)
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        CONDA_ENV
     shell:
-        "{PYTHON} -m gdn coordcheck --variant {wildcards.variant} --config-json {params.cfg}"
-        " --train-bin {input.train} --device {config[device]} --out {output} > {log} 2>&1"
+        "{params.python} -m gdn coordcheck --variant {wildcards.variant} --config-json {params.cfg}"
+        " --train-bin {input.train} --device {params.device} --out {output} > {log} 2>&1"

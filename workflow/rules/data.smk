@@ -16,9 +16,13 @@ rule prepare:
     log:
         f"results/logs/{TIER}/prepare.log",
     params:
+        python=PYTHON,
+        out=lambda wildcards, output: os.path.dirname(output.manifest),
         cfg=json_arg("data"),
+    conda:
+        CONDA_ENV
     shell:
-        "{PYTHON} -m gdn prepare --config-json {params.cfg} --out {TEXT_DIR} > {log} 2>&1"
+        "{params.python} -m gdn prepare --config-json {params.cfg} --out {params.out} > {log} 2>&1"
 
 
 rule tokenizer:
@@ -29,9 +33,12 @@ rule tokenizer:
     log:
         f"results/logs/{TIER}/tokenizer.log",
     params:
+        python=PYTHON,
         cfg=json_arg("tokenizer"),
+    conda:
+        CONDA_ENV
     shell:
-        "{PYTHON} -m gdn tokenizer --config-json {params.cfg} --train {input.train} --out {output} > {log} 2>&1"
+        "{params.python} -m gdn tokenizer --config-json {params.cfg} --train {input.train} --out {output} > {log} 2>&1"
 
 
 rule tokenize:
@@ -45,5 +52,9 @@ rule tokenize:
         f"results/logs/{TIER}/tokenize-{{split}}.log",
     wildcard_constraints:
         split="train|valid|test",
+    params:
+        python=PYTHON,
+    conda:
+        CONDA_ENV
     shell:
-        "{PYTHON} -m gdn tokenize --text {input.text} --tokenizer {input.tokenizer} --out {output.bin} > {log} 2>&1"
+        "{params.python} -m gdn tokenize --text {input.text} --tokenizer {input.tokenizer} --out {output.bin} > {log} 2>&1"

@@ -14,18 +14,26 @@ localrules:
     prepare_tasks,
 
 
+LMEVAL_DATA = config.get("lmeval_data") or {}
+
+
 rule prepare_tasks:
+    input:
+        wikitext=rules.prepare.output.test_raw,
     output:
         f"{LMEVAL_DIR}/manifest.json",
     log:
         f"results/logs/{TIER}/prepare-tasks.log",
     params:
-        tasks=",".join(LMEVAL_TASKS) or "none",
-        local=lambda wildcards: (
-            f"--local-dir {shlex.quote(EVAL_CFG['local_dir'])}" if EVAL_CFG.get("local_dir") else ""
-        ),
+        python=PYTHON,
+        tasks_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        tasks=" ".join(LMEVAL_TASKS),
+        options=prepare_tasks_options,
+    conda:
+        CONDA_ENV
     shell:
-        "{PYTHON} -m gdn prepare-tasks --tasks {params.tasks} --out {LMEVAL_DIR} {params.local} > {log} 2>&1"
+        "{params.python} -m gdn prepare-tasks --tasks {params.tasks} --out {params.tasks_dir} --wikitext-test {input.wikitext}"
+        " {params.options} > {log} 2>&1"
 
 
 rule evaluate:
@@ -39,13 +47,18 @@ rule evaluate:
     log:
         f"{RUN_DIR}/eval/evaluate.log",
     params:
-        cfg=json_arg("evaluate"),
+        python=PYTHON,
+        device=config["device"],
+        tasks_dir=lambda wildcards, input: os.path.dirname(input.tasks[0]),
+        cfg=shlex.quote(json.dumps(EVAL_CFG, sort_keys=True)),
         run=lambda wildcards, input: os.path.dirname(input.metrics),
         out=lambda wildcards, output: os.path.dirname(output.wikitext),
     threads: config["train"].get("threads", 1)
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        CONDA_ENV
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {PYTHON} -m gdn evaluate --run-dir {params.run}"
-        " --wikitext-test {input.wikitext} --tasks-dir {LMEVAL_DIR} --config-json {params.cfg}"
-        " --device {config[device]} --out {params.out} > {log} 2>&1"
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {params.python} -m gdn evaluate --run-dir {params.run}"
+        " --wikitext-test {input.wikitext} --tasks-dir {params.tasks_dir} --config-json {params.cfg}"
+        " --device {params.device} --out {params.out} > {log} 2>&1"

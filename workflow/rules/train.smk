@@ -1,24 +1,6 @@
 # One job per cell. The run directory keeps a checkpoint while training; a killed job resumes from it.
 
 
-def train_payload(wildcards):
-    cell = cell_of(wildcards)
-    return json_arg(
-        "model",
-        "train",
-        "device",
-        "jobs_per_gpu",
-        cell={
-            "tier": cell.tier,
-            "variant": cell.variant,
-            "width": cell.width,
-            "log2_lr": cell.log2_lr,
-            "seed": cell.seed,
-            "run_id": cell.run_id,
-        },
-    )
-
-
 rule train:
     input:
         train=f"{DATA_DIR}/train.bin",
@@ -29,13 +11,16 @@ rule train:
     log:
         f"{RUN_DIR}/train.log",
     params:
+        python=PYTHON,
         cfg=train_payload,
         out=lambda wildcards, output: os.path.dirname(output[0]),
     threads: config["train"].get("threads", 1)
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        CONDA_ENV
     shell:
-        "{PYTHON} -m gdn train --config-json {params.cfg} --train-bin {input.train} --valid-bin {input.valid}"
+        "{params.python} -m gdn train --config-json {params.cfg} --train-bin {input.train} --valid-bin {input.valid}"
         " --tokenizer {input.tokenizer} --out {params.out} > {log} 2>&1"
 
 

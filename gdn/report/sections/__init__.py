@@ -8,5 +8,6 @@ SECTION_MODULES = [
     "coord",
     "evaluation",
     "curves",
+    "performance",
     "runs",
 ]

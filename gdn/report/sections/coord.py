@@ -23,8 +23,8 @@ def _variant_figure(rows: pd.DataFrame, variant: str):
     present = [m for m in PANEL_MODULES if m in set(rows["module"])]
     fig, axes = plots.subplots(len(present), panel_size=(2.7, 2.2), max_cols=6)
     steps = sorted(rows["step"].unique())
-    colors = dict(zip(steps, colormaps["viridis"](np.linspace(0.0, 0.9, len(steps)))))
-    for ax, module in zip(axes, present):
+    colors = dict(zip(steps, colormaps["viridis"](np.linspace(0.0, 0.9, len(steps))), strict=True))
+    for ax, module in zip(axes, present, strict=True):
         g = rows[(rows["module"] == module) & (rows["mean_abs"] > 0)]
         means = g.groupby(["step", "width"])["mean_abs"].mean().reset_index()
         for step, s in means.groupby("step"):
@@ -77,10 +77,11 @@ def build(con, ctx):
     order = {m: i for i, m in enumerate(MODULES)}
     slopes = slopes.assign(order=slopes["module"].map(order).fillna(len(order))).sort_values(
         ["variant", "judged", "order", "step"], ascending=[True, False, True, True])
-    verdicts = frame(con, "SELECT * FROM coord_verdict ORDER BY variant") if table_exists(con, "coord_verdict") else None
+    verdicts = None
+    if table_exists(con, "coord_verdict"):
+        verdicts = frame(con, "SELECT * FROM coord_verdict ORDER BY variant")
     variants = sorted(coord["variant"].unique())
-    figures = [{"variant": v, "label": VARIANT_LABELS.get(v, v), "svg": _variant_figure(coord[coord["variant"] == v], v)}
-               for v in variants]
+    figures = [{"variant": v, "svg": _variant_figure(coord[coord["variant"] == v], v)} for v in variants]
     steps = sorted(int(s) for s in slopes["step"].unique())
     html = render(
         "sections/coord.html.j2",

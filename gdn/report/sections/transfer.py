@@ -20,8 +20,8 @@ def _figure(points, optima):
     # Diverged cells are drawn as crosses just above the highest finite loss of the figure.
     top = float(finite.max()) + 0.05 * float(finite.max() - finite.min() or 1.0) if not finite.empty else 1.0
     widths = sorted(points["width"].unique())
-    colors = dict(zip(widths, colormaps["viridis"](np.linspace(0.0, 0.9, len(widths)))))
-    for ax, variant in zip(axes, variants):
+    colors = dict(zip(widths, colormaps["viridis"](np.linspace(0.0, 0.9, len(widths))), strict=True))
+    for ax, variant in zip(axes, variants, strict=True):
         for width in widths:
             g = points[(points["variant"] == variant) & (points["width"] == width)].sort_values("log2_lr")
             if g.empty:
@@ -47,9 +47,13 @@ def build(con, ctx):
     points = grid_points(runs)
     if points.empty:
         return None
-    optima = frame(con, "SELECT * FROM lr_optima ORDER BY variant, width") if table_exists(con, "lr_optima") else None
-    transfer = frame(con, "SELECT * FROM transfer ORDER BY variant, target_width") if table_exists(con, "transfer") else None
-    if optima is None or optima.empty:
+    if not table_exists(con, "lr_optima"):
+        return None
+    optima = frame(con, "SELECT * FROM lr_optima ORDER BY variant, width")
+    transfer = None
+    if table_exists(con, "transfer"):
+        transfer = frame(con, "SELECT * FROM transfer ORDER BY variant, target_width")
+    if optima.empty:
         return None
     thresholds = None
     if transfer is not None and not transfer.empty:

@@ -1,0 +1,1 @@
+"""Benchmarks: gating-normalization overhead, training throughput, inference speed and memory."""

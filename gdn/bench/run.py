@@ -1,0 +1,80 @@
+"""`python -m gdn bench --suite overhead|throughput|inference`: one benchmark suite, one JSON file.
+
+Suites that need a GPU write a file with status "skipped" and the reason on a CPU-only
+machine, so the report can say so instead of leaving a silent gap. The overhead suite also
+runs on the CPU at the shapes the tier names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from gdn import provenance
+from gdn.bench import inference, overhead, throughput
+from gdn.checkpoint import write_json_atomic
+
+SUITES = ("overhead", "throughput", "inference")
+GPU_ONLY = ("throughput", "inference")
+
+
+def _shape(settings: dict, name: str) -> dict:
+    shapes = settings.get("shapes") or {}
+    if name not in shapes:
+        raise ValueError(f"bench shape {name!r} is not defined under bench.shapes (known: {sorted(shapes)})")
+    return {"name": name, **shapes[name]}
+
+
+def run_suite(suite: str, settings: dict, device: torch.device) -> list[dict]:
+    section = settings.get(suite) or {}
+    vocab = settings.get("vocab_size", 50257)
+    rows: list[dict] = []
+    if suite == "overhead":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        for name in section.get("shapes", []):
+            rows += overhead.measure(_shape(settings, name), device, dtype, section.get("iters", 30), vocab)
+    elif suite == "throughput":
+        for name in section.get("shapes", []):
+            for seq_len in section.get("seq_lens", [2048]):
+                variants = section.get("variants", ["transformer_mup", "gdn_mup"])
+                rows += throughput.measure(_shape(settings, name), variants, seq_len,
+                                           section.get("tokens_per_step", 16384), device,
+                                           section.get("iters", 10), vocab)
+    elif suite == "inference":
+        for name in section.get("shapes", []):
+            for variant in section.get("variants", ["transformer_mup", "gdn_mup"]):
+                for prompt in section.get("prompts", [2048]):
+                    for batch in section.get("batches", [1]):
+                        rows.append(inference.measure(_shape(settings, name), variant, prompt, batch,
+                                                      section.get("decode_tokens", 32), device,
+                                                      section.get("iters", 3), vocab))
+    else:
+        raise ValueError(f"unknown bench suite {suite!r}; choose one of {SUITES}")
+    return rows
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--suite", required=True, choices=SUITES)
+    parser.add_argument("--config-json", required=True, help='JSON with the tier config\'s "bench" section')
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--out", required=True, type=Path)
+
+
+def run(args) -> int:
+    settings = json.loads(args.config_json).get("bench") or {}
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    device = torch.device("cuda" if cuda else "cpu")
+    payload = {"kind": "bench", "suite": args.suite, "commit": provenance.git_commit(),
+               "versions": provenance.versions(), "settings": settings.get(args.suite) or {},
+               "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
+    if args.suite in GPU_ONLY and not cuda:
+        payload.update(status="skipped", reason=f"the {args.suite} suite needs a CUDA GPU; this machine has none",
+                       rows=[])
+    else:
+        torch.manual_seed(0)
+        payload.update(status="completed", rows=run_suite(args.suite, settings, device))
+    write_json_atomic(args.out, payload)
+    print(f"{args.out}: {payload['status']}, {len(payload['rows'])} rows")
+    return 0
