@@ -57,3 +57,13 @@ def test_lr_keys_are_unique_and_readable():
 def test_section_json_holds_only_named_sections(cfg):
     text = C.section_json(cfg, "model", extra=1)
     assert '"model"' in text and '"train"' not in text and '"extra":1' in text
+
+
+def test_hub_rows_join_back_into_the_raw_layout(tmp_path):
+    from gdn.data.prepare import join_hub_rows, split_wikitext_pages
+    from tests.synthetic import wikitext_raw
+
+    raw = wikitext_raw(tmp_path / "wiki.test.raw", 4).read_text()
+    rows = [line if line != " \n" else "" for line in raw.splitlines(keepends=True)]  # how the hub stores it
+    assert join_hub_rows(rows) == raw
+    assert len(split_wikitext_pages(raw)) == 4

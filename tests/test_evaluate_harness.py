@@ -149,6 +149,15 @@ def test_scores_match_a_plain_forward_pass(scorer):
         assert score.logprob == pytest.approx(expected, abs=1e-4)
 
 
+def test_a_continuation_longer_than_the_window_is_scored_in_pieces(scorer):
+    """Scored like rolling log-likelihood: the same windows, the same total."""
+    tokens = [(7 * i) % 250 + 3 for i in range(3 * CONTEXT + 5)]
+    (score,) = scorer.score_pairs([([scorer.eos_id], tokens)])
+    (rolling,) = scorer.rolling_loglikelihoods([tokens])
+    assert score.n_tokens == len(tokens)
+    assert score.logprob == pytest.approx(rolling, abs=1e-4)
+
+
 def test_sliding_windows_predict_every_token_once(scorer):
     tokens = list(range(3, 103))
     for stride in (None, 8, 1):
@@ -164,6 +173,26 @@ def test_page_split_keeps_every_top_level_page(saved_run):
     pages = split_pages(read_test_text(saved_run / "wiki.test.raw"))
     assert [p.split("\n")[0] for p in pages] == [f" = Page {i} title = " for i in range(4)]
     assert all(" = = Section 1 = = " in p for p in pages)
+
+
+def test_hub_parquet_rows_give_back_the_raw_file(saved_run, tmp_path):
+    import pandas as pd
+
+    from gdn.evaluate.wikitext import read_test_text
+
+    raw = (saved_run / "wiki.test.raw").read_text(encoding="utf-8")
+    rows = ["" if line == " \n" else line for line in raw.splitlines(keepends=True)]
+    pd.DataFrame({"text": rows}).to_parquet(tmp_path / "test-00000-of-00001.parquet")
+    assert read_test_text(tmp_path / "test-00000-of-00001.parquet") == raw
+
+
+def test_test_text_without_its_blank_lines_is_refused(saved_run, tmp_path):
+    from gdn.evaluate.wikitext import read_test_text
+
+    raw = (saved_run / "wiki.test.raw").read_text(encoding="utf-8")
+    (tmp_path / "joined.raw").write_text(raw.replace(" \n", ""), encoding="utf-8")
+    with pytest.raises(ValueError, match="original layout"):
+        read_test_text(tmp_path / "joined.raw")
 
 
 def test_word_perplexity_agrees_with_lm_eval_wikitext(scorer, saved_run, tasks_dir):
@@ -216,8 +245,6 @@ def greedy_by_full_forward(scorer, prompt, max_new):
 def test_generate_until_is_greedy_and_stops_at_until(scorer, tmp_path):
     """A generation task with `until`: outputs equal greedy decoding by full forward passes
     (no cache), cut at the stop string."""
-    import re
-
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -226,7 +253,7 @@ def test_generate_until_is_greedy_and_stops_at_until(scorer, tmp_path):
     prompts = ["The river", "The river", "A new city was", "The first song"]  # a repeat: a batch of two
     full = {p: greedy_by_full_forward(scorer, p, 12) for p in prompts}
     # A stop string that occurs in the first output, so cutting is exercised.
-    stop = re.search(r"[a-z]{2}", full[prompts[0]][1:]).group(0)
+    stop = next(c for c in full[prompts[0]][1:] if c.isascii() and c.isalnum())
     data = tmp_path / "gen.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "answer": "x"}) + "\n" for p in prompts))
     (tmp_path / "tiny_gen.yaml").write_text(

@@ -168,3 +168,8 @@ def test_hub_fetch_records_the_resolved_revision_and_preprocesses_hellaswag(tmp_
         "source"
     ]
     assert source["dataset"] == "Rowan/hellaswag" and source["revision"] == "f" * 40
+
+
+def test_no_tasks_still_writes_a_manifest(tmp_path):
+    prepare([], tmp_path / "lmeval")
+    assert json.loads((tmp_path / "lmeval" / "manifest.json").read_text())["files"] == {}

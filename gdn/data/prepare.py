@@ -62,8 +62,14 @@ def read_text(path: Path) -> str:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return "".join(pq.read_table(path, columns=["text"]).column("text").to_pylist())
+        return join_hub_rows(pq.read_table(path, columns=["text"]).column("text").to_pylist())
     return path.read_text(encoding="utf-8")
+
+
+def join_hub_rows(rows: list[str]) -> str:
+    """The raw file from WikiText's hub rows: each row is a line, except that the raw file's
+    blank lines (" \n") are stored as empty rows, which must be put back for the byte layout."""
+    return "".join(r if r else " \n" for r in rows)
 
 
 def is_wikitext_layout(path: Path) -> bool:
@@ -122,8 +128,8 @@ def hub_splits(hub: dict) -> dict[str, str]:
     except Exception as e:  # the datasets library raises many kinds; all mean the same to the user
         raise ConfigError(f"config key 'data.hub': loading {hub['path']}/{hub['name']}@{hub['revision']} failed ({e}); "
                           f"{OFFLINE_HINT}") from e
-    return {"train": "".join(ds["train"]["text"]), "valid": "".join(ds["validation"]["text"]),
-            "test": "".join(ds["test"]["text"])}
+    return {"train": join_hub_rows(ds["train"]["text"]), "valid": join_hub_rows(ds["validation"]["text"]),
+            "test": join_hub_rows(ds["test"]["text"])}
 
 
 def truncate_documents(docs: list[str], max_chars: int | None) -> list[str]:

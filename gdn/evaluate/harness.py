@@ -87,7 +87,8 @@ class GDNHarnessLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         # Requests sharing generation settings run together; greedy decoding only, as in
-        # the zero-shot evaluations of the GDN and Mamba papers.
+        # the zero-shot evaluations of the GDN and Mamba papers. Besides the `until`
+        # strings, generation stops at the end-of-text token (see CausalScorer).
         groups: dict[int, list[int]] = {}
         settings = []
         for i, req in enumerate(requests):
@@ -95,9 +96,6 @@ class GDNHarnessLM(TemplateLM):
             gen_kwargs = dict(gen_kwargs or {})
             until = gen_kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
-            eos_text = self.tokenizer.decode([self.eot_token_id])
-            if eos_text and eos_text not in until:
-                until.append(eos_text)
             max_new = int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks))
             if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) > 0:
                 log.warning("%s asks for sampling (%s); decoding greedily instead", req.task_name, gen_kwargs)

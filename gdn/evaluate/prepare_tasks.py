@@ -39,7 +39,7 @@ from gdn.evaluate.tasks import (
 def add_arguments(parser) -> None:
     parser.add_argument(
         "--tasks",
-        nargs="+",
+        nargs="*",
         default=list(DEFAULT_TASKS),
         help=f"lm-eval task names (default: {' '.join(DEFAULT_TASKS)})",
     )
@@ -192,6 +192,7 @@ def prepare(
         recorded["files"][spec.file] = entry
         write_manifest(out, recorded)  # after each file, so a failure keeps what was done
         print(f"{spec.task}: {out / spec.file} ({entry['rows']} rows, sha256 {entry['sha256'][:12]}…)")
+    write_manifest(out, recorded)  # also when no task is asked for: the workflow waits for it
     write_task_yamls(out, tasks, out / YAML_DIR)
     print(f"wrote {out / MANIFEST} and task YAMLs in {out / YAML_DIR}")
     return recorded

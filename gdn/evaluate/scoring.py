@@ -79,20 +79,37 @@ class CausalScorer:
         """Log-likelihood of each continuation given its context (token lists).
 
         The model sees the last `max_length` tokens of context+continuation, as lm-eval's
-        HF backend does. Rows are right-padded: the models are causal, so padding after a
-        row's last token cannot change that row's logits.
+        HF backend does. A continuation longer than the window is scored in consecutive
+        pieces of `max_length` tokens, each piece conditioned on what precedes it within
+        its window (as in rolling log-likelihood), instead of failing or being cut short.
         """
-        inputs = []
-        for context, continuation in pairs:
+        pieces, owner = [], []
+        for k, (context, continuation) in enumerate(pairs):
             if not context or not continuation:
                 raise ValueError(
                     "scoring needs at least one context token (e.g. end-of-text) and one continuation token"
                 )
-            if len(continuation) > self.max_length:
-                raise ValueError(
-                    f"a continuation of {len(continuation)} tokens does not fit the context length {self.max_length}; "
-                    "raise evaluate.context"
+            tokens = list(context) + list(continuation)
+            for offset in range(0, len(continuation), self.max_length):
+                start = len(context) + offset
+                pieces.append(
+                    (tokens[max(0, start - self.max_length) : start], tokens[start : start + self.max_length])
                 )
+                owner.append(k)
+        totals = [Score(logprob=0.0, is_greedy=True, n_tokens=0) for _ in pairs]
+        for k, piece in zip(owner, self._score_windows(pieces), strict=True):
+            total = totals[k]
+            totals[k] = Score(
+                total.logprob + piece.logprob, total.is_greedy and piece.is_greedy, total.n_tokens + piece.n_tokens
+            )
+        return totals
+
+    def _score_windows(self, pairs: list[tuple[list[int], list[int]]]) -> list[Score]:
+        """score_pairs for continuations of at most `max_length` tokens, batched. Rows are
+        right-padded: the models are causal, so padding after a row's last token cannot
+        change that row's logits."""
+        inputs = []
+        for context, continuation in pairs:
             whole = (list(context) + list(continuation))[-(self.max_length + 1) :]
             inputs.append((whole[:-1], whole[len(whole) - len(continuation) :]))
         order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i][0]))

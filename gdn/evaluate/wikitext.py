@@ -27,15 +27,30 @@ _PAGE_HEADING = re.compile(r" = [^=].* = ")
 
 
 def read_test_text(path: str | Path) -> str:
+    """The raw test file's text: wiki.test.raw itself, or the hub's test parquet
+    (Salesforce/wikitext, *-raw-v1), whose rows are the file's lines."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist: pass the raw WikiText test file (wiki.test.raw, shared by "
-            "WikiText-2 and -103) with --wikitext-test"
+            "WikiText-2 and -103, or the hub's raw test-*.parquet) with --wikitext-test"
         )
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        rows = pd.read_parquet(path, columns=["text"])["text"].tolist()
+        # A blank line of the file (" \n") is an empty row on the hub; restore the layout.
+        return "".join(row if row else " \n" for row in rows)
     text = path.read_text(encoding="utf-8")
     if "\r\n" in text:
         raise ValueError(f"{path} has CRLF line endings; the raw test file uses LF (convert it with dos2unix)")
+    if "\n \n" not in text:
+        # Joining the hub's rows as they are drops the file's blank lines (empty rows);
+        # bytes and log-likelihoods would then differ from lm-eval's wikitext figures.
+        raise ValueError(
+            f"{path} has no blank ' ' lines, so it is not in the raw file's original layout (hub rows joined "
+            "without their blank lines?); write each empty hub row as ' \\n', or use wiki.test.raw itself"
+        )
     return text
 
 
