@@ -174,8 +174,14 @@ def chunk_bwd_kernel(
     # w = T x_w with x_w = beta exp(G) k.
     beta_eG = beta * eG
     x_w = kn * beta_eG[:, None]
-    dT += tl.dot(dw, tl.trans(x_w), input_precision=DOT_PREC)
-    dx_w = tl.dot(tl.trans(Tm), dw, input_precision=DOT_PREC)
+    if BK > 128:
+        # At K = 256 float32 [C, K] dot operands need more shared memory than Hopper has
+        # (328 KiB for this kernel compiled for sm_90); the input dtype halves them.
+        dT += tl.dot(dw.to(dt), tl.trans(x_w).to(dt), input_precision=DOT_PREC)
+        dx_w = tl.dot(tl.trans(Tm).to(dt), dw.to(dt), input_precision=DOT_PREC)
+    else:
+        dT += tl.dot(dw, tl.trans(x_w), input_precision=DOT_PREC)
+        dx_w = tl.dot(tl.trans(Tm), dw, input_precision=DOT_PREC)
     dkn += dx_w * beta_eG[:, None]
     dxw_k = tl.sum(dx_w * kn, 1) * eG
     dbeta += dxw_k
@@ -187,7 +193,10 @@ def chunk_bwd_kernel(
     dA_decay = tl.where(strict, dA, 0.0) * decay
     dbeta += tl.sum(dA_decay * kkt, 1)
     D = dA_decay * beta[:, None]
-    dkn += tl.dot(D, kn, input_precision=DOT_PREC) + tl.dot(tl.trans(D), kn, input_precision=DOT_PREC)
+    if BK > 128:
+        dkn += tl.dot((D + tl.trans(D)).to(dt), kn.to(dt), input_precision=DOT_PREC)
+    else:
+        dkn += tl.dot(D, kn, input_precision=DOT_PREC) + tl.dot(tl.trans(D), kn, input_precision=DOT_PREC)
     dA_exponent = D * kkt
     dG += tl.sum(dA_exponent, 1) - tl.sum(dA_exponent, 0)
 

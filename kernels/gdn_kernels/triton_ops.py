@@ -27,7 +27,9 @@ MAX_HEAD_DIM = 256
 class LaunchConfig:
     """Tile widths over V and warp counts of the chunk kernels (K is always one full tile).
 
-    Module-level so a benchmark can try alternatives; the defaults are the tuned choice.
+    Module-level so the benchmark's --sweep can try alternatives. The defaults are the
+    configuration whose correctness and timings kernels/NOTES.md records on an H200; they
+    have not been swept on a GPU yet.
     """
 
     prep_warps_small_k: int = 4  # K <= 128
