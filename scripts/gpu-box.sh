@@ -16,7 +16,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 start=$(date +%s)
 status=0
-python3 -m snakemake "${targets[@]}" --cores "$(nproc)" --configfile "$config" --keep-going \
+# A time limit of our own (GPU_BOX_LIMIT_S) leaves time to pack whatever finished.
+timeout "${GPU_BOX_LIMIT_S:-100000}" python3 -m snakemake "${targets[@]}" --cores "$(nproc)" --configfile "$config" --keep-going \
   > "$out/snakemake.log" 2>&1 || status=$?
 echo "snakemake exit $status after $(( $(date +%s) - start )) s" | tee -a "$out/gpu.txt"
 tier=$(python3 -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['tier'])" "$config")
