@@ -176,6 +176,22 @@ def initialize(model: nn.Module, infos: dict[str, ParamInfo], init_std: float, r
             module.reset_gate_parameters(gen)
 
 
+@torch.no_grad()
+def initialize_on_device(model: nn.Module, infos: dict[str, ParamInfo], init_std: float, readout_zero_init: bool):
+    """The stds of `initialize`, drawn where the parameters live (unseeded): for benchmarks."""
+    for name, p in model.named_parameters():
+        info = infos[name]
+        if info.role == "vector":
+            continue
+        if info.role == "readout" and readout_zero_init:
+            p.zero_()
+        else:
+            p.normal_(0.0, init_std * info.rule.init(info.width_ratio))
+    for module in model.modules():
+        if hasattr(module, "reset_gate_parameters"):
+            module.reset_gate_parameters()
+
+
 def optimizer_groups(model: nn.Module, infos: dict[str, ParamInfo], lr: float, weight_decay: float) -> list[dict]:
     """AdamW parameter groups with per-role learning rate and weight decay."""
     groups: dict[tuple, dict] = {}

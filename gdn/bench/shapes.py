@@ -13,7 +13,7 @@ def build(shape: dict, variant: str, vocab_size: int, device: torch.device, dtyp
     spec = {k: v for k, v in shape.items() if k not in ("name", "width", "vocab_size")}
     spec.setdefault("base_width", shape["width"])
     spec.setdefault("init_std", 0.02)
-    model = build_model(spec, variant, shape["width"], vocab_size, seed=0).model
+    model = build_model(spec, variant, shape["width"], vocab_size, seed=0, device=device, exact_init=False).model
     return model.to(device=device, dtype=dtype)
 
 
