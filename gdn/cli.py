@@ -22,6 +22,7 @@ COMMANDS = {
     "bench": ("gdn.bench.run", "overhead, throughput and inference benchmarks"),
     "ingest": ("gdn.db", "rebuild the DuckDB database from the per-job files"),
     "report": ("gdn.report.render", "render the HTML report from the DuckDB database"),
+    "plan": ("gdn.plan", "planned cells and estimated GPU-hours of a tier, from measured throughput"),
     "params": ("gdn.build", "print parameter counts of every variant at the tier's widths"),
 }
 

@@ -94,6 +94,43 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
     train = config["train"]
     if train.get("warmup_steps", 0) >= train["steps"]:
         raise ConfigError("config key 'train.warmup_steps' must be smaller than train.steps")
+    _check_confirm(config, divisor_key, divisor)
+    _check_parallel(config)
+
+
+def _check_parallel(config: dict) -> None:
+    """Every rank takes an equal share of each micro-batch, so the processes must divide it."""
+    train = config["train"]
+    widths = set(config["grid"]["widths"]) | set((config.get("confirm") or {}).get("widths", []))
+    for width in sorted(widths):
+        settings = parallel_settings(train, width)
+        processes = settings["gpus_per_job"] * settings["nodes"]
+        if train["batch_size"] % processes:
+            raise ConfigError(f"config key 'train.batch_size': {train['batch_size']} sequences per micro-batch do not "
+                              f"split over the {processes} processes train.distributed gives width {width}")
+
+
+def _check_confirm(config: dict, divisor_key: str, divisor: int) -> None:
+    confirm = config.get("confirm")
+    if not confirm:
+        return
+    for width in confirm["widths"]:
+        if width % divisor:
+            raise ConfigError(f"config key 'confirm.widths': width {width} is not divisible by "
+                              f"model.{divisor_key}={divisor}")
+    unknown = set(confirm.get("variants", [])) - set(config["variants"])
+    if unknown:
+        raise ConfigError(f"config key 'confirm.variants': {sorted(unknown)} not in the tier's variants")
+    base = confirm["base"]
+    if base == "transfer":
+        proxy = confirm.get("proxy_width")
+        if proxy is not None and proxy not in config["grid"]["widths"]:
+            raise ConfigError(f"config key 'confirm.proxy_width': {proxy} is not one of grid.widths")
+        stray = set(confirm.get("transferred_log2_lr") or {}) - set(confirm_variants(config))
+        if stray:
+            raise ConfigError(f"config key 'confirm.transferred_log2_lr': {sorted(stray)} are not confirmed variants")
+    elif confirm.get("transferred_log2_lr"):
+        raise ConfigError("config key 'confirm.transferred_log2_lr' is only read when confirm.base is 'transfer'")
 
 
 # ---------------------------------------------------------------- the grid of cells
@@ -133,7 +170,8 @@ class Cell:
         return f"{self.tier}/{self.variant}/w{self.width}/{lr_key(self.log2_lr)}/s{self.seed}"
 
 
-def cells(config: dict) -> list[Cell]:
+def grid_cells(config: dict) -> list[Cell]:
+    """The sweep: every variant x grid width x grid learning rate x seed."""
     grid = config["grid"]
     return [
         Cell(config["tier"], variant, width, log2_lr, seed)
@@ -144,16 +182,84 @@ def cells(config: dict) -> list[Cell]:
     ]
 
 
+# ---------------------------------------------------------------- confirmation cells
+#
+# A tier may also list confirmation runs at target widths it cannot sweep (`confirm`): each
+# confirmed variant trained at 2**offset times a centre learning rate. With `base: transfer`
+# the centre is the proxy sweep's optimum, which only exists once the sweep has run, so such
+# a tier runs in two stages: (1) the sweep; (2) `python -m gdn plan --transferred-lrs` reads
+# its results, the optima go into `confirm.transferred_log2_lr`, and the confirmation cells
+# join the DAG. Keeping the centre in the config (not discovered inside the DAG) keeps the
+# DAG static, the expensive runs deliberate, and every path in the workflow known at parse time.
+
+
+def confirm_variants(config: dict) -> list[str]:
+    confirm = config.get("confirm") or {}
+    return list(confirm.get("variants") or config["variants"])
+
+
+def confirm_center(config: dict, variant: str) -> float | None:
+    """log2 of the centre learning rate of `variant`'s confirmation runs; None while not yet known."""
+    base = config["confirm"]["base"]
+    if base != "transfer":
+        return float(base)
+    value = (config["confirm"].get("transferred_log2_lr") or {}).get(variant)
+    return None if value is None else float(value)
+
+
+def confirm_plan(config: dict) -> list[dict]:
+    """Every planned confirmation run: {variant, width, log2_lr_offset, seed, log2_lr (None: pending)}."""
+    confirm = config.get("confirm")
+    if not confirm:
+        return []
+    seeds = confirm.get("seeds") or config["grid"]["seeds"]
+    rows = []
+    for variant in confirm_variants(config):
+        center = confirm_center(config, variant)
+        for width in confirm["widths"]:
+            for offset in confirm["log2_lr_offsets"]:
+                for seed in seeds:
+                    rows.append({"variant": variant, "width": width, "log2_lr_offset": float(offset), "seed": seed,
+                                 "log2_lr": None if center is None else round(center + offset, 3)})
+    return rows
+
+
+def confirm_cells(config: dict) -> list[Cell]:
+    """The confirmation runs whose learning rate is known (pending ones are left out)."""
+    return [Cell(config["tier"], row["variant"], row["width"], row["log2_lr"], row["seed"])
+            for row in confirm_plan(config) if row["log2_lr"] is not None]
+
+
+def cells(config: dict) -> list[Cell]:
+    """Every training cell of the tier: the sweep, then the confirmation runs (each cell once)."""
+    return list(dict.fromkeys(grid_cells(config) + confirm_cells(config)))
+
+
 def cell_from_keys(config: dict, variant: str, width: str | int, lr: str, seed: str | int) -> Cell:
     """The cell a path names; unknown values are an error (a typo must not train a new cell)."""
-    for log2_lr in grid_log2_lrs(config):
+    planned = cells(config)
+    for log2_lr in dict.fromkeys(c.log2_lr for c in planned):
         if lr_key(log2_lr) == lr:
             cell = Cell(config["tier"], variant, int(width), log2_lr, int(seed))
-            if cell not in cells(config):
-                raise ConfigError(f"{cell.run_dir} is not in this tier's grid (variants, grid.widths, grid.seeds)")
+            if cell not in planned:
+                raise ConfigError(f"{cell.run_dir} is not in this tier's grid "
+                                  "(variants, grid.widths, grid.seeds, confirm)")
             return cell
-    known = ", ".join(lr_key(x) for x in grid_log2_lrs(config))
-    raise ConfigError(f"learning rate '{lr}' is not in grid.log2_lrs/grid.lrs (known: {known})")
+    known = ", ".join(dict.fromkeys(lr_key(c.log2_lr) for c in planned))
+    raise ConfigError(f"learning rate '{lr}' is not in grid.log2_lrs/grid.lrs or the confirmation runs "
+                      f"(known: {known})")
+
+
+def parallel_settings(train: dict, width: int) -> dict:
+    """train.distributed as it applies to a cell of `width`: {gpus_per_job, nodes, strategy,
+    activation_checkpointing}. One process and no recomputation unless the tier asks."""
+    section = train.get("distributed") or {}
+    settings = {"gpus_per_job": 1, "nodes": 1, "strategy": "ddp", "activation_checkpointing": False}
+    settings.update({k: v for k, v in section.items() if k != "from_width"})
+    for override in sorted(section.get("from_width") or [], key=lambda o: o["width"]):
+        if width >= override["width"]:
+            settings.update({k: v for k, v in override.items() if k != "width"})
+    return settings
 
 
 def section_json(config: dict, *sections: str, **extra) -> str:

@@ -6,6 +6,10 @@ atomic checkpoints. A run killed at any moment resumes from its last checkpoint 
 with the same numbers as an uninterrupted run (batches, model and optimizer state and RNG
 are all restored; the per-step log is cut back to the checkpoint).
 
+Under torchrun the same loop trains one cell on several processes: `gdn.distributed` wraps the
+model (DDP or FSDP2), gives each rank its rows of the global batch, reduces the logged numbers
+and writes sharded checkpoints; rank 0 alone writes the run directory's files.
+
 Outputs in the run directory: `log.jsonl` (one line per logged step), `checkpoint/`,
 `model/` (Hugging Face format + tokenizer, completed runs only) and, last, `metrics.json`.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -23,9 +28,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gdn import checkpoint, devices, provenance
+from gdn import checkpoint, devices, distributed, provenance
 from gdn import parametrization as P
 from gdn.build import build_model
+from gdn.config import parallel_settings
 from gdn.data.tokenizer import as_transformers
 from gdn.data.tokens import eval_batches, load_meta, load_tokens, train_batch
 
@@ -39,19 +45,33 @@ def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
 
 
 @torch.no_grad()
-def validation_loss(model, tokens, cfg, device, autocast) -> float:
+def validation_loss(model, tokens, cfg, device, autocast, world=None) -> float:
     model.eval()
     total, count = 0.0, 0
     for x, y in eval_batches(tokens, cfg["batch_size"], cfg["seq_len"], cfg.get("eval_batches", 4)):
+        x, y, weight = _eval_rows(x, y, world)
         x, y = x.to(device), y.to(device)
         with autocast():
             logits = model(x).logits
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                                                  reduction="sum")
-        total += loss.item()
-        count += y.numel()
+        total += weight * loss.item()
+        count += weight * y.numel()
+    total, count = distributed.global_sum([total, count], world)
     model.train()
     return total / count
+
+
+def _eval_rows(x, y, world):
+    """This rank's rows of a validation batch, and whether they count (weight 1) or not (0).
+
+    The last batch may not split evenly; a rank left without rows still runs one (uncounted),
+    because a sharded model needs every rank in every forward pass.
+    """
+    if world is None:
+        return x, y, 1
+    xs, ys = x.tensor_split(world.size)[world.rank], y.tensor_split(world.size)[world.rank]
+    return (xs, ys, 1) if len(xs) else (x[:1], y[:1], 0)
 
 
 def _truncate_log(log_path: Path, last_step: int) -> None:
@@ -66,7 +86,12 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
           out_dir: Path, device_pref: str = "auto", jobs_per_gpu: int = 1) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.get("threads", 1))
-    device, _slot = devices.resolve(device_pref, jobs_per_gpu)  # the slot lock lives as long as this frame
+    world = distributed.init(device_pref)  # None unless started by torchrun
+    is_main = world is None or world.is_main
+    if world is None:
+        device, _slot = devices.resolve(device_pref, jobs_per_gpu)  # the slot lock lives as long as this frame
+    else:
+        device = world.device  # torchrun (or the cluster) gave this job its GPUs
     precision = cfg.get("precision", "auto")
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
@@ -80,8 +105,13 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
     torch.manual_seed(cell["seed"])
     built = build_model(model_spec, cell["variant"], cell["width"], meta["vocab_size"], seed=cell["seed"])
     model = built.model.to(device)
+    parallel_cfg = parallel_settings(cfg, cell["width"])
+    if parallel_cfg["activation_checkpointing"]:
+        distributed.checkpoint_activations(model)
+    if world is not None:
+        model = distributed.parallelize(model, parallel_cfg, world, use_bf16)
     lr = 2.0 ** cell["log2_lr"]
-    groups = P.optimizer_groups(model, built.infos, lr, cfg.get("weight_decay", 0.0))
+    groups = P.optimizer_groups(distributed.unwrap(model), built.infos, lr, cfg.get("weight_decay", 0.0))
     for g in groups:
         g["base_lr"] = g["lr"]
     betas = tuple(cfg.get("betas", (0.9, 0.95)))
@@ -91,11 +121,11 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
     B, T = cfg["batch_size"], cfg["seq_len"]
     tokens_per_step = B * T * accum
     ckpt_dir, log_path = out_dir / "checkpoint", out_dir / "log.jsonl"
-    resumed = checkpoint.load(ckpt_dir, model, optimizer)
+    resumed = distributed.resume(ckpt_dir, model, optimizer, world)
     start_step, state = (0, {"initial_loss": None, "wall_s": 0.0, "status": "running"}) if resumed is None else resumed
-    if resumed is None:
+    if is_main and resumed is None:
         log_path.unlink(missing_ok=True)
-    else:
+    elif is_main:
         _truncate_log(log_path, start_step - 1)
     divergence_factor = cfg.get("divergence_factor", 1.5)
     log_every, eval_every = cfg.get("log_every", 10), cfg.get("eval_every", steps)
@@ -107,9 +137,10 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
     status = "completed"
 
     bar = tqdm(range(start_step, steps), desc=f"{cell['variant']} w{cell['width']} lr2^{cell['log2_lr']:g}",
-               disable=None, file=sys.stderr, mininterval=2.0, initial=start_step, total=steps)
+               disable=None if is_main else True, file=sys.stderr, mininterval=2.0, initial=start_step, total=steps)
     model.train()
-    with open(log_path, "a") as log:
+    # Every rank runs the same loop; only rank 0's log lines reach the file.
+    with open(log_path if is_main else os.devnull, "a") as log:
         for step in bar:
             t0 = time.perf_counter()
             factor = lr_factor(step, steps, cfg.get("warmup_steps", 0), cfg.get("min_lr_ratio", 0.1))
@@ -118,15 +149,17 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
             loss_sum = 0.0
             for micro in range(accum):
                 x, y = train_batch(train_tokens, B, T, cell["seed"], step * accum + micro)
+                x, y = distributed.local_rows((x, y), world)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast():
-                    logits = model(x).logits
-                loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-                (loss / accum).backward()
+                with distributed.gradient_sync(model, micro == accum - 1):
+                    with autocast():
+                        logits = model(x).logits
+                    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+                                                             y.reshape(-1))
+                    (loss / accum).backward()
                 loss_sum += loss.item()
-            loss_value = loss_sum / accum
-            clip = cfg.get("grad_clip")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip else float("inf")).item()
+            loss_value = distributed.global_mean(loss_sum / accum, world)
+            grad_norm = distributed.clip_grad_norm(model, cfg.get("grad_clip"))
             if state["initial_loss"] is None:
                 state["initial_loss"] = loss_value
             diverged = not math.isfinite(loss_value) or loss_value > divergence_factor * state["initial_loss"]
@@ -139,7 +172,7 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
                      "tokens": (step + 1) * tokens_per_step, "tok_s": tokens_per_step / dt}
             last = step == steps - 1
             if not diverged and ((step + 1) % eval_every == 0 or last):
-                val_loss = validation_loss(model, valid_tokens, cfg, device, autocast)
+                val_loss = validation_loss(model, valid_tokens, cfg, device, autocast, world)
                 entry["val_loss"] = val_loss
             if step % log_every == 0 or last or "val_loss" in entry or diverged:
                 log.write(json.dumps(entry) + "\n")
@@ -150,17 +183,19 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
                 break
             if (step + 1) % ckpt_every == 0 and not last:
                 state.update(wall_s=time.perf_counter() - t_start, recent_losses=recent_losses, val_loss=val_loss)
-                checkpoint.save(ckpt_dir, model, optimizer, step + 1, state)
+                distributed.save_checkpoint(ckpt_dir, model, optimizer, step + 1, state, world)
     wall = time.perf_counter() - t_start
     steps_done = step + 1 if steps > start_step else start_step
 
-    params = model.num_parameters_split()
+    params = distributed.unwrap(model).num_parameters_split()
     if status == "completed":
         tmp_model = out_dir / "model.tmp"
-        shutil.rmtree(tmp_model, ignore_errors=True)
-        model.save_pretrained(tmp_model)
-        as_transformers(tokenizer_json).save_pretrained(tmp_model)
-        checkpoint.replace_dir_atomic(tmp_model, out_dir / "model")
+        if is_main:
+            shutil.rmtree(tmp_model, ignore_errors=True)
+        distributed.save_pretrained(model, tmp_model, world)
+        if is_main:
+            as_transformers(tokenizer_json).save_pretrained(tmp_model)
+            checkpoint.replace_dir_atomic(tmp_model, out_dir / "model")
     metrics = {
         "run_id": cell["run_id"],
         "cell": cell,
@@ -183,8 +218,13 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
         "versions": provenance.versions(),
         "commit": provenance.git_commit(),
     }
-    checkpoint.write_json_atomic(out_dir / "metrics.json", metrics)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is final; its checkpoint only costs disk
+    if world is not None:
+        metrics["parallel"] = {"world_size": world.size, "strategy": parallel_cfg["strategy"],
+                               "activation_checkpointing": parallel_cfg["activation_checkpointing"]}
+    distributed.barrier(world)  # every rank is done with the checkpoint before it goes
+    if is_main:
+        checkpoint.write_json_atomic(out_dir / "metrics.json", metrics)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # the run is final; its checkpoint only costs disk
     return metrics
 
 
@@ -200,8 +240,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     payload = json.loads(args.config_json)
-    metrics = train(payload["cell"], payload["model"], payload["train"], args.train_bin, args.valid_bin,
-                    args.tokenizer, args.out, payload.get("device", "auto"), payload.get("jobs_per_gpu", 1))
+    try:
+        metrics = train(payload["cell"], payload["model"], payload["train"], args.train_bin, args.valid_bin,
+                        args.tokenizer, args.out, payload.get("device", "auto"), payload.get("jobs_per_gpu", 1))
+    finally:
+        distributed.teardown()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(f"{metrics['run_id']}: {metrics['status']} after {metrics['steps_done']} steps, "
           f"val loss {metrics['final_val_loss']}, {metrics['tok_s']:.0f} tok/s on {metrics['device']}")
     return 0

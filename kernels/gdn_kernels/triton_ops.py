@@ -97,12 +97,14 @@ class ChunkLayout:
         self.chunk_index = torch.stack([seq_ids, chunk_ids], dim=1).to(device=device).contiguous()
 
 
-def _state_block_v(n_seqs: int, H: int, V: int, device: torch.device) -> int:
+def _state_block_v(n_seqs: int, H: int, K: int, V: int, device: torch.device) -> int:
     # The state kernels run one program per (sequence, head, V block) through all the
     # chunks in order; narrower V blocks buy parallelism when there are few sequences.
-    wide = _block(V, LAUNCH.state_block_v)
+    # At K = 256, 64-wide blocks would need 240 KiB of shared memory in the backward
+    # state kernel (sm_90 compile), over Hopper's 227 KiB.
+    wide = _block(V, LAUNCH.state_block_v if K <= 128 else 32)
     if n_seqs * H * triton.cdiv(V, wide) < 2 * _sm_count(device):
-        return _block(V, max(16, LAUNCH.state_block_v // 2))
+        return _block(V, max(16, min(wide, LAUNCH.state_block_v // 2)))
     return wide
 
 
@@ -129,7 +131,7 @@ def chunk_forward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, h0, st
     v_new = torch.empty_like(v)
     N = layout.n_seqs
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if store_ht else None
-    BV = _state_block_v(N, H, V, k.device)
+    BV = _state_block_v(N, H, K, V, k.device)
     state_fwd_kernel[(triton.cdiv(V, BV), N * H)](
         k, w, u, g_cum, h, v_new, h0, ht, layout.chunk_offsets, layout.cu_seqlens,
         H=H, K=K, V=V, BK=BK, BV=BV, C=C, USE_L2=use_l2, HAS_H0=h0 is not None, STORE_HT=store_ht,
@@ -159,7 +161,7 @@ def chunk_backward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, use_l
     dh = torch.empty_like(h)
     dv_new = torch.empty(TT, H, V, dtype=torch.float32, device=k.device)
     dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if need_dh0 else None
-    BV = _state_block_v(N, H, V, k.device)
+    BV = _state_block_v(N, H, K, V, k.device)
     state_bwd_kernel[(triton.cdiv(V, BV), N * H)](
         q, k, w, g_cum, do, dh, dv_new, dht, dh0, layout.chunk_offsets, layout.cu_seqlens, float(scale),
         H=H, K=K, V=V, BK=BK, BV=BV, C=C, USE_L2=use_l2, HAS_DHT=dht is not None, STORE_DH0=need_dh0,

@@ -1,9 +1,11 @@
-# Corpus -> tokenizer -> packed token files. `prepare` is the only rule that may use the network,
-# so it runs where the workflow is launched (a login node on a cluster), never on a compute node.
+# Corpus -> tokenizer -> packed token files. `prepare` and `tokenizer` (GPT-2 files from the hub)
+# are the only rules here that may use the network, so they run where the workflow is launched
+# (a login node on a cluster), never on a compute node.
 
 
 localrules:
     prepare,
+    tokenizer,
 
 
 rule prepare:

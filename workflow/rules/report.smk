@@ -13,7 +13,7 @@ rule ingest:
         f"results/logs/{TIER}/ingest.log",
     params:
         python=PYTHON,
-        cfg=json_arg("tier", "data", "grid", "transfer", "coordcheck"),
+        cfg=json_arg("tier", "data", "variants", "grid", "confirm", "evaluate", "transfer", "coordcheck"),
     conda:
         CONDA_ENV
     shell:

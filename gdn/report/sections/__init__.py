@@ -3,6 +3,7 @@ returning {"id", "title", "html"}; None means it has nothing to show for this ti
 
 SECTION_MODULES = [
     "overview",
+    "plan",
     "claims",
     "transfer",
     "coord",

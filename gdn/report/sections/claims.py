@@ -35,5 +35,28 @@ def build(con, ctx):
             "transfer": None if verdict is None else verdict.verdict,
             "transfer_span": None if verdict is None else f"{verdict.base_width}→{verdict.target_width}",
         })
+    edges = []
+    if table_exists(con, "lr_optima"):
+        edges = frame(con, "SELECT variant, width, argmin_log2_lr FROM lr_optima WHERE at_grid_edge "
+                           "ORDER BY variant, width").to_dict("records")
     return {"id": "claims", "title": "Claimed table vs this tier",
-            "html": render("sections/claims.html.j2", claimed=CLAIMED_TABLE, measured=measured, ctx=ctx)}
+            "html": render("sections/claims.html.j2", claimed=CLAIMED_TABLE, measured=measured, ctx=ctx,
+                           findings=transfer_findings(verdicts), edges=edges)}
+
+
+def transfer_findings(verdicts: dict) -> list[dict]:
+    """For each variant the claim names: its claimed transfer column against our verdict over the
+    widest width span of this tier. Agreement is about success vs failure; the kind of failure
+    ("required retuning" vs "diverged") is shown but not required to match."""
+    findings = []
+    for variant in dict.fromkeys(c["variant"] for c in CLAIMED_TABLE):
+        claimed = sorted({c["transfer"] for c in CLAIMED_TABLE if c["variant"] == variant})
+        measured = verdicts.get(variant)
+        if measured is None:
+            findings.append({"label": VARIANT_LABELS[variant], "claimed": claimed, "measured": None, "agrees": None})
+            continue
+        claimed_success = {c.startswith("yes") for c in claimed}
+        agrees = claimed_success == {measured.verdict.startswith("yes")}
+        findings.append({"label": VARIANT_LABELS[variant], "claimed": claimed, "measured": measured.verdict,
+                         "span": f"{measured.base_width}→{measured.target_width}", "agrees": agrees})
+    return findings
