@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from gdn import devices
 from gdn.build import build_model
 from gdn.data.tokens import load_meta, load_tokens, train_batch
 from gdn.parametrization import VARIANTS, optimizer_groups
@@ -366,14 +367,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available")
-    return torch.device(name)
-
-
 def _describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -391,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
     threads = settings["threads"] or (config.get("train") or {}).get("threads")
     if threads:
         torch.set_num_threads(int(threads))
-    device = resolve_device(args.device)
+    device, _slot = devices.resolve(args.device, devices.jobs_per_gpu_from_env())  # slot held until return
     tokens = load_tokens(args.train_bin)
     start = time.time()
     rows, used = run_check(args.variant, config, tokens, device)

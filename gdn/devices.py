@@ -47,6 +47,12 @@ class GpuSlot:
         return torch.device("cuda", self.gpu)
 
 
+def jobs_per_gpu_from_env() -> int:
+    """Evaluation and coordinate-check jobs share the training jobs' slots; the rules pass the
+    tier's jobs_per_gpu in GDN_JOBS_PER_GPU so every job counts the same slots."""
+    return int(os.environ.get("GDN_JOBS_PER_GPU", "1"))
+
+
 def resolve(preference: str, jobs_per_gpu: int = 1) -> tuple[torch.device, GpuSlot | None]:
     """'auto' means CUDA when a GPU is visible, else the CPU."""
     if preference not in ("auto", "cpu", "cuda"):

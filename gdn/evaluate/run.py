@@ -140,8 +140,9 @@ def context_length(settings: dict, metrics: dict, run_dir: Path) -> int:
 
 
 def evaluate_run(run_dir, wikitext_test, tasks_dir, config: dict, out, device: str = "auto") -> dict[str, dict]:
+    from gdn import devices
     from gdn.evaluate.harness import GDNHarnessLM, run_tasks
-    from gdn.evaluate.scoring import CausalScorer, load_model_and_tokenizer, resolve_device
+    from gdn.evaluate.scoring import CausalScorer, load_model_and_tokenizer
     from gdn.evaluate.tasks import sha256_of, verify_task_files
     from gdn.evaluate.wikitext import evaluate_wikitext
 
@@ -163,7 +164,7 @@ def evaluate_run(run_dir, wikitext_test, tasks_dir, config: dict, out, device: s
         import torch
 
         torch.set_num_threads(settings["threads"])
-    torch_device = resolve_device(device)
+    torch_device, _slot = devices.resolve(device, devices.jobs_per_gpu_from_env())  # slot held until return
     model_dir = run_dir / "model"
     model, tokenizer = load_model_and_tokenizer(model_dir, torch_device)
     scorer = CausalScorer(model, tokenizer, torch_device, context, settings["batch_size"])

@@ -13,6 +13,7 @@ rule coordcheck:
         f"results/logs/{TIER}/coordcheck-{{variant}}.log",
     params:
         python=PYTHON,
+        jobs_per_gpu=config.get("jobs_per_gpu", 1),
         device=config["device"],
         cfg=json_arg("model", "coordcheck", "train"),
     threads: config["train"].get("threads", 1)
@@ -21,5 +22,6 @@ rule coordcheck:
     conda:
         CONDA_ENV
     shell:
-        "{params.python} -m gdn coordcheck --variant {wildcards.variant} --config-json {params.cfg}"
+        "GDN_JOBS_PER_GPU={params.jobs_per_gpu} {params.python} -m gdn coordcheck --variant {wildcards.variant}"
+        " --config-json {params.cfg}"
         " --train-bin {input.train} --device {params.device} --out {output} > {log} 2>&1"

@@ -48,6 +48,7 @@ rule evaluate:
         f"{RUN_DIR}/eval/evaluate.log",
     params:
         python=PYTHON,
+        jobs_per_gpu=config.get("jobs_per_gpu", 1),
         device=config["device"],
         tasks_dir=lambda wildcards, input: os.path.dirname(input.tasks[0]),
         cfg=shlex.quote(json.dumps(EVAL_CFG, sort_keys=True)),
@@ -59,6 +60,6 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {params.python} -m gdn evaluate --run-dir {params.run}"
-        " --wikitext-test {input.wikitext} --tasks-dir {params.tasks_dir} --config-json {params.cfg}"
+        "GDN_JOBS_PER_GPU={params.jobs_per_gpu} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"
+        " {params.python} -m gdn evaluate --run-dir {params.run} --wikitext-test {input.wikitext} --tasks-dir {params.tasks_dir} --config-json {params.cfg}"
         " --device {params.device} --out {params.out} > {log} 2>&1"
