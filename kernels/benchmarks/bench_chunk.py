@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -214,6 +215,9 @@ def sweep_launch(shape):
 
 
 def git_commit():
+    # A copy without .git (a GPU box) names its commit in GDN_COMMIT, as the pipeline's jobs do.
+    if os.environ.get("GDN_COMMIT"):
+        return os.environ["GDN_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parent)
