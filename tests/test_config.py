@@ -67,3 +67,20 @@ def test_hub_rows_join_back_into_the_raw_layout(tmp_path):
     rows = [line if line != " \n" else "" for line in raw.splitlines(keepends=True)]  # how the hub stores it
     assert join_hub_rows(rows) == raw
     assert len(split_wikitext_pages(raw)) == 4
+
+
+def test_hub_source_offline_names_the_key_to_set(tmp_path, monkeypatch):
+    """No hub and no local path: an immediate error that says which config keys to set, no hang."""
+    import time
+
+    from gdn.data.prepare import prepare
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = {"source": "hub", "hub": {"path": "Salesforce/wikitext", "name": "wikitext-103-raw-v1",
+                                     "revision": "b08601e04326c79dfdd32d625aee71d232d685c3"}}
+    start = time.monotonic()
+    with pytest.raises(C.ConfigError) as err:
+        prepare(data, tmp_path / "text")
+    assert time.monotonic() - start < 5
+    assert "data.source" in str(err.value) and "data.local" in str(err.value)
+    assert not (tmp_path / "text" / "train.jsonl").exists()
