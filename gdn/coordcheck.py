@@ -29,7 +29,6 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 
 from gdn import devices
 from gdn.build import build_model
+from gdn.checkpoint import write_json_atomic
 from gdn.data.tokens import load_meta, load_tokens, train_batch
 from gdn.parametrization import VARIANTS, optimizer_groups
 
@@ -398,10 +398,6 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": round(time.time() - start, 2),
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    write_json_atomic(args.out, result)
     print_judgement(analyze(pd.DataFrame(rows), settings))
     return 0

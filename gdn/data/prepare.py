@@ -97,7 +97,7 @@ def local_split_files(local: dict, split: str) -> list[Path]:
     return sorted(d.glob(f"{PARQUET_PREFIX[split]}-*.parquet"))
 
 
-def _hub_reachable(timeout: float = 5.0) -> bool:
+def hub_reachable(timeout: float = 5.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     from huggingface_hub import constants
@@ -118,7 +118,7 @@ OFFLINE_HINT = (
 
 def hub_splits(hub: dict) -> dict[str, str]:
     """Raw text per split from the hub: rows joined as they are (that is the raw file layout)."""
-    if not _hub_reachable():
+    if not hub_reachable():
         raise ConfigError(
             f"config key 'data.source' is 'hub' but the Hugging Face hub is not reachable: {OFFLINE_HINT}")
     import datasets

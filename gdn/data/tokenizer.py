@@ -39,9 +39,9 @@ def _gpt2(files: dict):
     if not vocab:
         from huggingface_hub import hf_hub_download
 
-        from gdn.data.prepare import _hub_reachable
+        from gdn.data.prepare import hub_reachable
 
-        if not _hub_reachable():
+        if not hub_reachable():
             raise ConfigError("config key 'tokenizer.gpt2': the hub is not reachable; set tokenizer.gpt2.vocab and "
                               "tokenizer.gpt2.merges to local GPT-2 vocab.json / merges.txt files")
         repo, rev = files.get("hub_repo", "openai-community/gpt2"), files.get("hub_revision")

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import platform
 import time
 from pathlib import Path
 
+from gdn.checkpoint import write_json_atomic
 from gdn.evaluate.tasks import DEFAULT_TASKS
 
 DEFAULTS = {
@@ -98,9 +98,7 @@ def versions() -> dict:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)  # readers never see a half-written file
+    write_json_atomic(path, payload)  # readers never see a half-written file
 
 
 def write_skipped(out: Path, run_dir: Path, reason: str) -> None:

@@ -22,12 +22,13 @@ files with those names (`--local-dir`); see docs/evaluation.md.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from gdn.data.prepare import sha256_file
 
 MANIFEST = "manifest.json"
 YAML_DIR = "yaml"
@@ -145,11 +146,7 @@ def how_to_supply(spec: TaskData, tasks_dir: Path) -> str:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def count_checked_rows(path: Path, spec: TaskData) -> int:
