@@ -36,12 +36,14 @@ def run_suite(suite: str, settings: dict, device: torch.device) -> list[dict]:
         for name in section.get("shapes", []):
             rows += overhead.measure(_shape(settings, name), device, dtype, section.get("iters", 30), vocab)
     elif suite == "throughput":
+        # `compile: [false, true]` times every variant eager and under torch.compile (our models only).
         for name in section.get("shapes", []):
             for seq_len in section.get("seq_lens", [2048]):
-                variants = section.get("variants", ["transformer_mup", "gdn_mup"])
-                rows += throughput.measure(_shape(settings, name), variants, seq_len,
-                                           section.get("tokens_per_step", 16384), device,
-                                           section.get("iters", 10), vocab)
+                for compiled in section.get("compile", [False]):
+                    variants = section.get("variants", ["transformer_mup", "gdn_mup"])
+                    rows += throughput.measure(_shape(settings, name), variants, seq_len,
+                                               section.get("tokens_per_step", 16384), device,
+                                               section.get("iters", 10), vocab, compiled=compiled)
     elif suite == "inference":
         for name in section.get("shapes", []):
             for variant in section.get("variants", ["transformer_mup", "gdn_mup"]):

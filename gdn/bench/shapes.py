@@ -18,4 +18,6 @@ def build(shape: dict, variant: str, vocab_size: int, device: torch.device, dtyp
 
 
 def parameter_counts(model) -> dict:
-    return model.num_parameters_split()
+    """Total and non-embedding parameters (the input embedding is the one left out)."""
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "non_embedding": total - model.get_input_embeddings().weight.numel()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from gdn.bench import shapes, timing
+from gdn.bench import reference_models, shapes, timing
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 CHUNK = 64
@@ -26,20 +26,24 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def flops_per_token(model, seq_len: int) -> float:
+    """Our models, or fla's GatedDeltaNetForCausalLM (the reference), by the formula above."""
     cfg = model.config
-    matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("embed"))
+    embedding = model.get_input_embeddings().weight
+    matmul = sum(p.numel() for p in model.parameters() if p.dim() == 2 and p is not embedding)
+    layers = getattr(cfg, "n_layers", None) or cfg.num_hidden_layers
     if cfg.model_type.endswith("transformer"):
-        mixer = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len / 2
+        mixer = 12 * layers * cfg.n_heads * cfg.head_dim * seq_len / 2
     else:
-        K, V, H = cfg.head_dim, cfg.head_v_dim, cfg.n_heads
-        mixer = 3 * cfg.n_layers * H * (4 * K * V + 2 * CHUNK * (K + V))
+        H, K = getattr(cfg, "n_heads", None) or cfg.num_heads, cfg.head_dim
+        V = getattr(cfg, "head_v_dim", None) or int(K * cfg.expand_v)
+        mixer = 3 * layers * H * (4 * K * V + 2 * CHUNK * (K + V))
     return 6 * matmul + mixer
 
 
 def _train_step(model, optimizer, ids, device):
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(ids, labels=ids).loss
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -47,24 +51,49 @@ def _train_step(model, optimizer, ids, device):
     return step
 
 
+def _build(shape: dict, variant: str, vocab_size: int, device: torch.device, compiled: bool):
+    """(model, note): one of our variants, or an outside reference model (None if unavailable)."""
+    if reference_models.is_reference(variant):
+        model, note = reference_models.build(shape, variant, vocab_size, device)
+        if model is not None and compiled:
+            return None, "outside reference models are timed as shipped, not compiled"
+        return model, note
+    model = shapes.build(shape, variant, vocab_size, device, torch.float32)
+    if compiled:
+        model.compile_blocks()
+    return model, None
+
+
 def measure(shape: dict, variants: list[str], seq_len: int, tokens_per_step: int, device: torch.device,
-            iters: int, vocab_size: int) -> list[dict]:
+            iters: int, vocab_size: int, compiled: bool = False) -> list[dict]:
+    tokens_per_step = shape.get("tokens_per_step", tokens_per_step)
     batch = max(1, tokens_per_step // seq_len)
     rows = []
     for variant in variants:
-        model = shapes.build(shape, variant, vocab_size, device, torch.float32)
+        base = {"suite": "throughput", "shape": shape["name"], "variant": variant, "batch": batch,
+                "seq_len": seq_len, "compiled": compiled}
+        model, note = _build(shape, variant, vocab_size, device, compiled)
+        if model is None:
+            rows.append({**base, "status": "skipped", "note": note})
+            continue
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
         ids = torch.randint(0, vocab_size, (batch, seq_len), device=device)
         step = _train_step(model, opt, ids, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        stats = timing.interleaved({variant: step}, device, iters, warmup=2)[variant]
+        try:
+            # Compilation happens in the first calls: three warm-up steps keep it out of the timing.
+            stats = timing.interleaved({variant: step}, device, iters, warmup=3)[variant]
+        except torch.OutOfMemoryError:
+            rows.append({**base, "status": "out of memory", "note": note})
+            del model, opt, step
+            torch.cuda.empty_cache()
+            continue
         tok_s = batch * seq_len / (stats["median_ms"] / 1e3)
         fpt = flops_per_token(model, seq_len)
         peak = peak_flops(device)
-        rows.append({"suite": "throughput", "shape": shape["name"], "variant": variant, "batch": batch,
-                     "seq_len": seq_len, **stats, "tokens_per_s": tok_s, "flops_per_token": fpt,
-                     "mfu": tok_s * fpt / peak if peak else None,
+        rows.append({**base, "status": "measured", "note": note, **stats, "tokens_per_s": tok_s,
+                     "flops_per_token": fpt, "mfu": tok_s * fpt / peak if peak else None,
                      "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30
                                         if device.type == "cuda" else None),
                      **{f"params_{k}": v for k, v in shapes.parameter_counts(model).items()}})

@@ -16,6 +16,13 @@ from transformers.modeling_outputs import CausalLMOutput
 from gdn.models.layers import RMSNorm, ScaledEmbedding, ScaledLinear, SwiGLU
 
 
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of position t's logits against token t+1 (float32; -100 is ignored)."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
 class Block(nn.Module):
     def __init__(self, config, mixer: nn.Module):
         super().__init__()
@@ -73,12 +80,21 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
         # (lm-eval pads on the right, and a causal model ignores what comes after a token).
         h, _ = self.hidden_states(input_ids)
         logits = self.lm_head(h)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-            )
+        loss = None if labels is None else self._loss_fn(logits, labels)
         return CausalLMOutput(loss=loss, logits=logits)
+
+    _loss_fn = staticmethod(next_token_loss)
+
+    def compile_blocks(self, **options) -> None:
+        """torch.compile each block and the loss ("regional" compilation: every layer runs the
+        same code, so one compiled graph serves them all and compile time does not grow with
+        depth). Fuses the elementwise work around the matrix products (norms, SiLU, the short
+        convolution, the rotary embedding, the float32 loss); the GDN recurrence stays the
+        hand-written Triton kernels, outside the graphs. Weights and state_dict keys are unchanged.
+        """
+        for block in self.blocks:
+            block.compile(**options)
+        self._loss_fn = torch.compile(next_token_loss, **options)
 
     @torch.no_grad()
     def prefill(self, input_ids):

@@ -20,6 +20,11 @@ from gdn.models.base import CausalLMBase
 from gdn.models.configuration import GatedDeltaNetLMConfig
 from gdn.models.layers import GatedRMSNorm, ScaledLinear
 
+# The recurrence is hand-written Triton (or the PyTorch chunked form on the CPU): torch.compile
+# leaves it out of its graphs and compiles what surrounds it.
+_chunked_rule = torch.compiler.disable(gated_delta_rule)
+_decode_rule = torch.compiler.disable(gated_delta_rule_step)
+
 
 class ShortConv(nn.Module):
     """Causal depthwise convolution followed by SiLU; keeps its last inputs as decode state."""
@@ -94,13 +99,13 @@ class GatedDeltaNetMixer(nn.Module):
         state = cache.get("state") if cache else None
         new_cache = None
         if cache is not None and state is not None and T == 1:
-            o, state = gated_delta_rule_step(
+            o, state = _decode_rule(
                 q[:, 0], k[:, 0], v[:, 0], a[:, 0], b[:, 0], self.A_log, self.dt_bias, state, **rule_kwargs
             )
             o = o[:, None]
         else:
             want_state = cache is not None or self.record_state
-            o, state = gated_delta_rule(
+            o, state = _chunked_rule(
                 q, k, v, a, b, self.A_log, self.dt_bias,
                 initial_state=state, output_final_state=want_state, **rule_kwargs,
             )

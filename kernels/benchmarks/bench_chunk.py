@@ -29,7 +29,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gdn_kernels import reference, triton_ops  # noqa: E402
+from gdn_kernels import fla_reference, reference, triton_ops  # noqa: E402
 
 # Ordered so that an interrupted run has the two most telling shapes first: the one
 # with published reference figures and the long sequence where SDPA's T^2 should lose.
@@ -40,24 +40,16 @@ TORCH_CHUNKED_FWDBWD_MAX = 8 * 2048 * 16
 
 
 def load_fla():
-    """fla's chunk_gated_delta_rule and its version, or (None, None).
-
-    fla 0.6.0 refuses its gated backward on Hopper with Triton >= 3.4 and < 3.7.1
-    (chunk_bwd_dqkwg raises, fla issue #640: those Tritons miscompile that kernel).
-    To time it anyway the guard's flag is overridden here, and only here; the gradient
-    check below reports whether fla's gradients are right on this machine.
-    """
-    try:
-        import fla
-        import fla.ops.common.chunk_o as fla_chunk_o
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    except ImportError as err:
-        print(f"fla not importable ({err}); its rows are skipped")
+    """fla's chunk_gated_delta_rule, its version and the guard note (`fla_reference.load`),
+    or (None, None, None). The gradient check below reports whether fla's gradients are right
+    on this machine."""
+    fla, note = fla_reference.load()
+    if fla is None:
+        print(f"{note}; its rows are skipped")
         return None, None, None
-    note = None
-    if getattr(fla_chunk_o, "IS_NVIDIA_HOPPER", False) and not fla_chunk_o.TRITON_ABOVE_3_7_1:
-        fla_chunk_o.TRITON_ABOVE_3_7_1 = True
-        note = f"fla's Hopper guard for Triton {triton.__version__} < 3.7.1 bypassed to time its backward (fla #640)"
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    if note:
         print(note)
     return chunk_gated_delta_rule, fla.__version__, note
 
