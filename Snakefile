@@ -25,6 +25,12 @@ rule all:
         REPORT,
 
 
+rule bench_all:
+    # The tier's benchmark suites only (with config/bench-only.yaml they do not wait for training).
+    input:
+        ALL_BENCH,
+
+
 rule compute:
     # Every job that needs the accelerator, without ingest/report: for running on a GPU machine
     # and ingesting elsewhere (results/ travels; the database is rebuilt from it).

@@ -14,6 +14,8 @@ import torch
 from gdn import parametrization as P
 from gdn.models import FAMILIES
 
+READOUT_PAD_MULTIPLE = 64
+
 
 def shape_for_width(spec: dict, family: str, width: int) -> dict:
     """Head count, head dims and MLP width of `family` at model width `width`."""
@@ -35,8 +37,10 @@ def shape_for_width(spec: dict, family: str, width: int) -> dict:
         "n_layers": spec["n_layers"],
         "n_heads": n_heads,
         "head_dim": head_dim,
-        "mlp_hidden": max(1, round(spec["mlp_ratio"][family] * width)),
+        # A multiple of 8: bf16 GEMM dimensions off 16-byte alignment fall back to slow kernels.
+        "mlp_hidden": max(8, 8 * round(spec["mlp_ratio"][family] * width / 8)),
         "max_position_embeddings": spec.get("max_position_embeddings", 4096),
+        "readout_pad_multiple": READOUT_PAD_MULTIPLE,
     }
     if family == "gdn":
         shape["head_v_dim"] = int(spec.get("gdn_expand_v", 1) * head_dim)

@@ -132,7 +132,8 @@ def _recording(model: torch.nn.Module):
         return hook
 
     handles.append(model.embed.register_forward_hook(keep("embedding")))
-    handles.append(model.lm_head.register_forward_hook(keep("logits")))
+    vocab = model.config.vocab_size
+    handles.append(model.lm_head.register_forward_hook(keep("logits", lambda x: x[..., :vocab])))
     mixers = []
     for block in model.blocks:
         handles.append(block.mixer.register_forward_hook(keep("mixer")))

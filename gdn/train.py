@@ -110,6 +110,8 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
         distributed.checkpoint_activations(model)
     if world is not None:
         model = distributed.parallelize(model, parallel_cfg, world, use_bf16)
+    if cfg.get("compile", False):
+        distributed.unwrap(model).compile_blocks()
     lr = 2.0 ** cell["log2_lr"]
     groups = P.optimizer_groups(distributed.unwrap(model), built.infos, lr, cfg.get("weight_decay", 0.0))
     for g in groups:

@@ -27,34 +27,33 @@ def _shape(settings: dict, name: str) -> dict:
     return {"name": name, **shapes[name]}
 
 
-def run_suite(suite: str, settings: dict, device: torch.device) -> list[dict]:
+def run_suite(suite: str, settings: dict, device: torch.device):
+    """Yields the suite's rows in groups, as each measurement finishes."""
     section = settings.get(suite) or {}
     vocab = settings.get("vocab_size", 50257)
-    rows: list[dict] = []
     if suite == "overhead":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         for name in section.get("shapes", []):
-            rows += overhead.measure(_shape(settings, name), device, dtype, section.get("iters", 30), vocab)
+            yield overhead.measure(_shape(settings, name), device, dtype, section.get("iters", 30), vocab)
     elif suite == "throughput":
         # `compile: [false, true]` times every variant eager and under torch.compile (our models only).
         for name in section.get("shapes", []):
             for seq_len in section.get("seq_lens", [2048]):
                 for compiled in section.get("compile", [False]):
                     variants = section.get("variants", ["transformer_mup", "gdn_mup"])
-                    rows += throughput.measure(_shape(settings, name), variants, seq_len,
-                                               section.get("tokens_per_step", 16384), device,
-                                               section.get("iters", 10), vocab, compiled=compiled)
+                    yield throughput.measure(_shape(settings, name), variants, seq_len,
+                                             section.get("tokens_per_step", 16384), device,
+                                             section.get("iters", 10), vocab, compiled=compiled)
     elif suite == "inference":
         for name in section.get("shapes", []):
             for variant in section.get("variants", ["transformer_mup", "gdn_mup"]):
                 for prompt in section.get("prompts", [2048]):
                     for batch in section.get("batches", [1]):
-                        rows.append(inference.measure(_shape(settings, name), variant, prompt, batch,
-                                                      section.get("decode_tokens", 32), device,
-                                                      section.get("iters", 3), vocab))
+                        yield [inference.measure(_shape(settings, name), variant, prompt, batch,
+                                                 section.get("decode_tokens", 32), device,
+                                                 section.get("iters", 3), vocab)]
     else:
         raise ValueError(f"unknown bench suite {suite!r}; choose one of {SUITES}")
-    return rows
 
 
 def add_arguments(parser) -> None:
@@ -76,7 +75,13 @@ def run(args) -> int:
                        rows=[])
     else:
         torch.manual_seed(0)
-        payload.update(status="completed", rows=run_suite(args.suite, settings, device))
+        payload.update(status="running", rows=[])
+        for rows in run_suite(args.suite, settings, device):
+            # Rewritten after every measurement: a run cut short keeps what it measured
+            # (status "running"; the pipeline only ingests "completed" files).
+            payload["rows"] += rows
+            write_json_atomic(args.out, payload)
+        payload["status"] = "completed"
     write_json_atomic(args.out, payload)
     print(f"{args.out}: {payload['status']}, {len(payload['rows'])} rows")
     return 0

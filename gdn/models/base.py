@@ -31,8 +31,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
 
-    def forward(self, x, cache=None):
-        h, new_cache = self.mixer(self.mixer_norm(x), cache=cache)
+    def forward(self, x, cache=None, **mixer_inputs):
+        h, new_cache = self.mixer(self.mixer_norm(x), cache=cache, **mixer_inputs)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return x, new_cache
@@ -48,7 +48,7 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
         self.embed = ScaledEmbedding(config.vocab_size, config.d_model, config.multiplier("embed"))
         self.blocks = nn.ModuleList([Block(config, self.make_mixer(config, i)) for i in range(config.n_layers)])
         self.final_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = ScaledLinear(config.d_model, config.vocab_size, config.multiplier("lm_head"))
+        self.lm_head = ScaledLinear(config.d_model, config.readout_rows, config.multiplier("lm_head"))
         self.post_init()
 
     def make_mixer(self, config, layer_idx: int) -> nn.Module:
@@ -67,11 +67,17 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
+    def mixer_inputs(self, seq_len: int, caches) -> dict:
+        """What every layer's mixer needs besides its input, computed once per forward (the
+        Transformer's rotary tables); passed to each block as keyword arguments."""
+        return {}
+
     def hidden_states(self, input_ids, caches=None):
         x = self.embed(input_ids)
+        shared = self.mixer_inputs(input_ids.shape[1], caches)
         new_caches = []
         for i, block in enumerate(self.blocks):
-            x, c = block(x, cache=None if caches is None else caches[i])
+            x, c = block(x, cache=None if caches is None else caches[i], **shared)
             new_caches.append(c)
         return self.final_norm(x), new_caches
 
@@ -79,11 +85,16 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
         # attention_mask is accepted for API compatibility; batches here are never left-padded
         # (lm-eval pads on the right, and a causal model ignores what comes after a token).
         h, _ = self.hidden_states(input_ids)
-        logits = self.lm_head(h)
+        logits = self.readout(h)
         loss = None if labels is None else self._loss_fn(logits, labels)
         return CausalLMOutput(loss=loss, logits=logits)
 
     _loss_fn = staticmethod(next_token_loss)
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits over the vocabulary (the readout's padding rows cut off)."""
+        logits = self.lm_head(h)
+        return logits if logits.size(-1) == self.config.vocab_size else logits[..., : self.config.vocab_size]
 
     def compile_blocks(self, **options) -> None:
         """torch.compile each block and the loss ("regional" compilation: every layer runs the
@@ -100,7 +111,7 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
     def prefill(self, input_ids):
         """Runs the prompt; returns (logits of the last position [B, V], cache)."""
         h, caches = self.hidden_states(input_ids, caches=[self.empty_cache() for _ in self.blocks])
-        return self.lm_head(h[:, -1]), caches
+        return self.readout(h[:, -1]), caches
 
     @torch.no_grad()
     def decode_step(self, token_ids, caches):
@@ -108,13 +119,14 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
         if token_ids.dim() == 1:
             token_ids = token_ids[:, None]
         h, caches = self.hidden_states(token_ids, caches=caches)
-        return self.lm_head(h[:, -1]), caches
+        return self.readout(h[:, -1]), caches
 
     def empty_cache(self):
         """Marker for an empty per-layer cache (each mixer fills in its own kind)."""
         return {}
 
     def num_parameters_split(self) -> dict:
-        total = sum(p.numel() for p in self.parameters())
+        padding = (self.lm_head.out_features - self.config.vocab_size) * self.lm_head.in_features
+        total = sum(p.numel() for p in self.parameters()) - padding  # padding rows never act
         embedding = self.embed.weight.numel()
         return {"total": total, "non_embedding": total - embedding}

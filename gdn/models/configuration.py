@@ -23,6 +23,7 @@ class _LMConfig(PretrainedConfig):
         norm_eps: float = 1e-6,
         parametrization: str = "sp",
         multipliers: dict | None = None,
+        readout_pad_multiple: int = 1,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -38,8 +39,18 @@ class _LMConfig(PretrainedConfig):
         self.parametrization = parametrization
         # Forward multipliers keyed by module kind ("embed", "lm_head", "a_proj", "b_proj").
         self.multipliers = dict(multipliers or {})
+        # The readout's rows are padded to this multiple (the logits are cut back to vocab_size):
+        # a GEMM dimension like GPT-2's 50,257 breaks the 16-byte alignment cuBLAS's fast
+        # kernels need, and the readout's three products then ran on a slow fallback kernel.
+        # 1 in configs saved before padding existed, so their checkpoints still load.
+        self.readout_pad_multiple = readout_pad_multiple
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
+
+    @property
+    def readout_rows(self) -> int:
+        m = max(1, int(self.readout_pad_multiple))
+        return -(-self.vocab_size // m) * m
 
     def multiplier(self, kind: str) -> float:
         return float(self.multipliers.get(kind, 1.0))

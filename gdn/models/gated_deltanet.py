@@ -27,7 +27,13 @@ _decode_rule = torch.compiler.disable(gated_delta_rule_step)
 
 
 class ShortConv(nn.Module):
-    """Causal depthwise convolution followed by SiLU; keeps its last inputs as decode state."""
+    """Causal depthwise convolution followed by SiLU; keeps its last inputs as decode state.
+
+    Written as a sum of shifted products in the [B, T, C] layout rather than nn.Conv1d: no
+    transposes to channels-first and back, float32 accumulation, and under torch.compile the
+    whole thing (pad, taps, SiLU, cast) is one kernel each way. The weight keeps nn.Conv1d's
+    [C, 1, kernel] layout and name, so checkpoints are unchanged.
+    """
 
     def __init__(self, channels: int, kernel_size: int):
         super().__init__()
@@ -36,13 +42,18 @@ class ShortConv(nn.Module):
 
     def forward(self, x, tail=None):
         """x: [B, T, C]; tail: [B, C, kernel-1] inputs preceding x (None: zeros). Returns (y, new tail)."""
-        xt = x.transpose(1, 2)
+        B, T, C = x.shape
+        width = self.kernel_size
         if tail is None:
-            xt = F.pad(xt, (self.kernel_size - 1, 0))
+            before = x.new_zeros(B, width - 1, C)
         else:
-            xt = torch.cat([tail.to(xt.dtype), xt], dim=-1)
-        y = F.silu(self.conv(xt)).transpose(1, 2)
-        return y, xt[..., -(self.kernel_size - 1) :]
+            before = tail.transpose(1, 2).to(x.dtype)
+        padded = torch.cat([before, x], dim=1)  # [B, T + width - 1, C]
+        w = self.conv.weight[:, 0, :].float()  # [C, width]
+        y = padded[:, 0:T].float() * w[:, 0]
+        for i in range(1, width):
+            y = y + padded[:, i : i + T].float() * w[:, i]
+        return F.silu(y).to(x.dtype), padded[:, T:].transpose(1, 2)
 
 
 class GatedDeltaNetMixer(nn.Module):

@@ -23,7 +23,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, inner, bias=False)
         self.o_proj = nn.Linear(inner, config.d_model, bias=False)
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, rope=None):
+        """rope: (cos, sin) float32 [T, head_dim / 2] for this call's positions (the model computes
+        them once per forward for all layers)."""
         B, T, _ = x.shape
         q, k, v = (
             proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -32,8 +34,11 @@ class Attention(nn.Module):
         past = cache["len"] if cache else 0
         if past and T > 1:
             raise ValueError("chunked prefill after a cache is not supported; prefill once, then decode")
-        cos, sin = rotary_tables(past + T, self.head_dim, self.rope_theta, x.device, q.dtype)
-        q, k = apply_rotary(q, cos[past:], sin[past:]), apply_rotary(k, cos[past:], sin[past:])
+        if rope is None:
+            rope = rotary_tables(past + T, self.head_dim, self.rope_theta, x.device)
+            rope = (rope[0][past:], rope[1][past:])
+        cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         new_cache = None
         if cache is not None:
             new_cache = _append_to_cache(cache, k, v)
@@ -66,3 +71,9 @@ class TransformerLM(CausalLMBase):
 
     def make_mixer(self, config, layer_idx):
         return Attention(config)
+
+    def mixer_inputs(self, seq_len: int, caches) -> dict:
+        past = caches[0].get("len", 0) if caches and caches[0] else 0
+        cfg = self.config
+        cos, sin = rotary_tables(past + seq_len, cfg.head_dim, cfg.rope_theta, self.embed.weight.device)
+        return {"rope": (cos[past:], sin[past:])}

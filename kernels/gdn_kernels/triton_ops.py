@@ -14,6 +14,7 @@ import dataclasses
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from gdn_kernels.triton_chunk_bwd import chunk_bwd_kernel, state_bwd_kernel
 from gdn_kernels.triton_chunk_fwd import output_fwd_kernel, prep_fwd_kernel, state_fwd_kernel
@@ -108,6 +109,25 @@ def _state_block_v(n_seqs: int, H: int, K: int, V: int, device: torch.device) ->
     return wide
 
 
+_FITTING: dict[tuple, tuple[int, int]] = {}
+
+
+def _launch_first_fitting(kernel, grid, args, candidates, key, **meta):
+    """Launches `kernel` with the first (BV, num_stages) in `candidates` whose compiled form
+    fits the card (Triton raises OutOfResources before running anything, so a retry is safe)."""
+    if key in _FITTING:
+        candidates = [_FITTING[key]]
+    for i, (block_v, stages) in enumerate(candidates):
+        try:
+            kernel[grid](*args, BV=block_v, num_stages=stages, **meta)
+        except OutOfResources:
+            if i == len(candidates) - 1:
+                raise
+            continue
+        _FITTING[key] = (block_v, stages)
+        return
+
+
 def chunk_forward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, h0, store_ht, use_l2, layout):
     """q, k: [TT, H, K]; v: [TT, H, V]; a, b: [TT, H]. Returns o, ht and the saved intermediates."""
     TT, H, K = k.shape
@@ -172,12 +192,18 @@ def chunk_backward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, use_l
     da, db = torch.empty_like(a), torch.empty_like(b)
     dx_tok = torch.empty(TT, H, dtype=torch.float32, device=k.device)
     dalog_tok = torch.empty_like(dx_tok)
-    chunk_bwd_kernel[(layout.n_chunks, H)](
-        q, k, v, a, b, A_log, dt_bias, g_cum, beta, t_inv, h, dh, v_new, dv_new, do,
-        dq, dk, dv, da, db, dx_tok, dalog_tok,
-        layout.chunk_index, layout.cu_seqlens, float(scale), float(a_scale), float(b_scale),
-        H=H, K=K, V=V, BK=BK, BV=_block(V, LAUNCH.bwd_block_v), C=C, USE_L2=use_l2, DOT_PREC=prec,
-        num_warps=LAUNCH.bwd_warps, num_stages=LAUNCH.bwd_stages,
+    bwd_args = (q, k, v, a, b, A_log, dt_bias, g_cum, beta, t_inv, h, dh, v_new, dv_new, do,
+                dq, dk, dv, da, db, dx_tok, dalog_tok,
+                layout.chunk_index, layout.cu_seqlens, float(scale), float(a_scale), float(b_scale))
+    BV_bwd = _block(V, LAUNCH.bwd_block_v)
+    # Fallbacks for cards with less shared memory per block than the first choice needs (at
+    # K = 256 on an H200 it needed 233,472 bytes of the 232,448 allowed): one pipeline stage,
+    # then half-width V tiles. The first that launches is remembered per shape and card.
+    candidates = [(BV_bwd, LAUNCH.bwd_stages), (BV_bwd, 1), (max(16, BV_bwd // 2), 1)]
+    _launch_first_fitting(
+        chunk_bwd_kernel, (layout.n_chunks, H), bwd_args, candidates,
+        key=("chunk_bwd", K, V, q.dtype, q.device),
+        H=H, K=K, V=V, BK=BK, C=C, USE_L2=use_l2, DOT_PREC=prec, num_warps=LAUNCH.bwd_warps,
     )
     # dt_bias and A_log are per head: their gradients are sums of per-token terms.
     d_dt_bias = dx_tok.sum(0).to(dt_bias.dtype)

@@ -242,3 +242,27 @@ def test_api_routes_to_the_triton_kernels():
     direct, _ = triton_ops.gated_delta_rule(*args, use_qk_l2norm=False)
     routed, _ = api.gated_delta_rule(*args, backend="triton", use_qk_l2norm=False)
     torch.testing.assert_close(routed, direct, rtol=0, atol=0)
+
+
+def test_a_launch_that_does_not_fit_falls_back_and_the_choice_is_remembered():
+    from gdn_kernels import triton_ops
+    from triton.runtime.errors import OutOfResources
+
+    calls = []
+
+    class FakeKernel:
+        def __getitem__(self, grid):
+            def launch(*args, BV, num_stages, **meta):
+                calls.append((BV, num_stages))
+                if num_stages > 1:  # this "card" has too little shared memory for two stages
+                    raise OutOfResources(233472, 232448, "shared memory")
+            return launch
+
+    key = ("fake", 256, 256)
+    triton_ops._FITTING.pop(key, None)
+    triton_ops._launch_first_fitting(FakeKernel(), (1,), (), [(32, 2), (32, 1), (16, 1)], key=key)
+    assert calls == [(32, 2), (32, 1)]
+    triton_ops._launch_first_fitting(FakeKernel(), (1,), (), [(32, 2), (32, 1), (16, 1)], key=key)
+    assert calls[2:] == [(32, 1)]  # straight to what fitted
+    with pytest.raises(OutOfResources):
+        triton_ops._launch_first_fitting(FakeKernel(), (1,), (), [(32, 2)], key=("fake", 0))

@@ -5,15 +5,17 @@ BENCH_CFG = config.get("bench") or {}
 BENCH_DIR = f"results/bench/{TIER}"
 BENCH_SUITES = [s for s in ("overhead", "throughput", "inference") if BENCH_CFG.get(s)]
 ALL_BENCH = [f"{BENCH_DIR}/{suite}.json" for suite in BENCH_SUITES]
+# By default the benchmarks wait for every other job of the tier, so nothing shares the GPU while
+# they time it. `bench: {after_all_jobs: false}` (config/bench-only.yaml) runs them on their own:
+# `snakemake bench_all --configfile config/study.yaml config/bench-only.yaml`.
+BENCH_AFTER = [ALL_METRICS, ALL_EVALS, ALL_COORD] if BENCH_CFG.get("after_all_jobs", True) else []
 if BENCH_CFG.get("kernels"):
     ALL_BENCH.append(f"{BENCH_DIR}/kernels.json")
 
 
 rule bench:
     input:
-        ALL_METRICS,
-        ALL_EVALS,
-        ALL_COORD,
+        BENCH_AFTER,
         previous_bench,
     output:
         f"{BENCH_DIR}/{{suite}}.json",
@@ -36,9 +38,7 @@ rule bench:
 
 rule bench_kernels:
     input:
-        ALL_METRICS,
-        ALL_EVALS,
-        ALL_COORD,
+        BENCH_AFTER,
         lambda wildcards: ALL_BENCH[:-1][-1:],
     output:
         f"{BENCH_DIR}/kernels.json",
