@@ -155,10 +155,19 @@ def chunk_bwd_kernel(
     dG = tl.sum(dqs * qs, 1)
     # Intra-chunk output term (scale q k^T * exp(G_i - G_j) * causal) v_new.
     M = tl.where(causal, tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0)), 0.0)
-    raw_scores = tl.dot(qs.to(dt), tl.trans(kn).to(dt), input_precision=DOT_PREC)
     d_raw = d_scores * M
-    dqs += tl.dot(d_raw.to(dt), kn.to(dt), input_precision=DOT_PREC)
-    dkn = tl.dot(tl.trans(d_raw).to(dt), qs.to(dt), input_precision=DOT_PREC)
+    if BK > 128:
+        # One input-dtype copy of q and k each, shared by every product below: separate
+        # conversions per product kept too many [C, K] operand buffers alive at K = 256.
+        kn_in = kn.to(dt)
+        qs_in = qs.to(dt)
+        raw_scores = tl.dot(qs_in, tl.trans(kn_in), input_precision=DOT_PREC)
+        dqs += tl.dot(d_raw.to(dt), kn_in, input_precision=DOT_PREC)
+        dkn = tl.dot(tl.trans(d_raw).to(dt), qs_in, input_precision=DOT_PREC)
+    else:
+        raw_scores = tl.dot(qs.to(dt), tl.trans(kn).to(dt), input_precision=DOT_PREC)
+        dqs += tl.dot(d_raw.to(dt), kn.to(dt), input_precision=DOT_PREC)
+        dkn = tl.dot(tl.trans(d_raw).to(dt), qs.to(dt), input_precision=DOT_PREC)
     # The diagonal's exponent G_i - G_i is constant; leaving it in would add and subtract
     # the same O(1) term, and the float32 residue swamps the true dg when the decay is
     # strong (dg ~ exp(g) ~ 1e-13).
@@ -189,12 +198,15 @@ def chunk_bwd_kernel(
     # T = (I + A)^-1  ->  dA = -T^T dT T^T on the strictly lower part where A lives.
     dA = -tl.dot(tl.dot(tl.trans(Tm), dT, input_precision=DOT_PREC), tl.trans(Tm), input_precision=DOT_PREC)
     decay = tl.where(strict, tl.exp(tl.where(strict, G[:, None] - G[None, :], 0.0)), 0.0)
-    kkt = tl.dot(kn.to(dt), tl.trans(kn).to(dt), input_precision=DOT_PREC)
+    if BK > 128:
+        kkt = tl.dot(kn_in, tl.trans(kn_in), input_precision=DOT_PREC)
+    else:
+        kkt = tl.dot(kn.to(dt), tl.trans(kn).to(dt), input_precision=DOT_PREC)
     dA_decay = tl.where(strict, dA, 0.0) * decay
     dbeta += tl.sum(dA_decay * kkt, 1)
     D = dA_decay * beta[:, None]
     if BK > 128:
-        dkn += tl.dot((D + tl.trans(D)).to(dt), kn.to(dt), input_precision=DOT_PREC)
+        dkn += tl.dot((D + tl.trans(D)).to(dt), kn_in, input_precision=DOT_PREC)
     else:
         dkn += tl.dot(D, kn, input_precision=DOT_PREC) + tl.dot(tl.trans(D), kn, input_precision=DOT_PREC)
     dA_exponent = D * kkt
