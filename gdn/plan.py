@@ -121,33 +121,49 @@ class Throughput:
 
 
 def _rows_of(payload) -> tuple[list[dict], str | None]:
+    """Measured rows of a throughput file. A suite cut short ("running") or assembled from
+    several processes ("partial") still holds real measurements; a skipped one holds none."""
     if isinstance(payload, list):
         return payload, None
-    if payload.get("status", "completed") != "completed":
+    if payload.get("status", "completed") == "skipped":
         return [], None
     return payload.get("rows") or [], payload.get("device")
 
 
-def bench_figures(paths: list[str]) -> list[Throughput]:
-    """Rows of throughput.json files (suite "throughput": shape, variant, seq_len, tokens_per_s, device)."""
+def bench_figures(paths: list[str], compiled: bool | None = None) -> list[Throughput]:
+    """Rows of throughput.json files (suite "throughput": shape, variant, seq_len, tokens_per_s, device).
+
+    compiled: keep only rows timed with (True) or without (False) torch.compile, so that the
+    estimate matches how the tier trains (train.compile); None keeps every row."""
     figures = []
     for path in sorted(paths):
         rows, device = _rows_of(json.loads(Path(path).read_text()))
         for row in rows:
             if row.get("suite", "throughput") != "throughput" or not row.get("tokens_per_s"):
                 continue
+            if row["variant"] not in gdn_config_variants():
+                continue  # outside reference models (fla) say nothing about our cells' cost
+            if compiled is not None and bool(row.get("compiled", False)) != compiled:
+                continue
+            how = " compiled" if row.get("compiled") else ""
             figures.append(Throughput(
                 tokens_per_s=float(row["tokens_per_s"]), family=_family(row["variant"]),
                 params_total=row.get("params_total"), seq_len=row.get("seq_len"),
                 flops_per_token=row.get("flops_per_token"),
-                origin=f"{path}: {row.get('shape')} {row['variant']} T={row.get('seq_len')} "
-                       f"on {row.get('device') or device or 'unknown device'}"))
+                origin=f"{path}: {row.get('shape')} {row['variant']} T={row.get('seq_len')}{how}"
+                       f" on {row.get('device') or device or 'unknown device'}"))
     return figures
+
+
+def gdn_config_variants() -> set[str]:
+    from gdn.parametrization import VARIANTS
+
+    return set(VARIANTS)
 
 
 def given_figures(values: list[str], config: dict) -> list[Throughput]:
     """--tokens-per-s: a throughput.json path, a single number, or WIDTH=TOKENS_PER_S pairs."""
-    if len(values) == 1 and Path(values[0]).is_file():
+    if all(Path(v).is_file() for v in values):
         return bench_figures(values)
     if len(values) == 1 and "=" not in values[0]:
         return [Throughput(float(values[0]), None, None, None, None, f"--tokens-per-s {values[0]} (every cell)")]
@@ -282,9 +298,11 @@ def run(args) -> int:
           f"({(planned['stage'] == 'sweep').sum()} sweep, {(planned['stage'] == 'confirm').sum()} confirmation"
           + (f", {pending} waiting for their transferred learning rate" if pending else "") + f"); "
           f"{tokens_per_cell(config):,} tokens per cell")
-    measured = bench_figures(glob.glob(args.bench))
+    compiled = bool(config["train"].get("compile", False))
+    measured = bench_figures(glob.glob(args.bench), compiled)
     if measured:
-        figures, note = measured, f"measured rows of {args.bench}"
+        figures, note = measured, (f"measured rows of {args.bench} "
+                                   f"({'with' if compiled else 'without'} torch.compile, as train.compile says)")
         if args.tokens_per_s:
             note += " (--tokens-per-s not used: measurements take precedence)"
     elif args.tokens_per_s:

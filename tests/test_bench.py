@@ -40,3 +40,22 @@ def test_gpu_suites_are_skipped_visibly_on_cpu(tmp_path):
                     json.dumps(settings), "--out", str(out)], check=True, cwd=REPO, capture_output=True)
     payload = json.loads(out.read_text())
     assert payload["status"] == "skipped" and "CUDA" in payload["reason"] and payload["rows"] == []
+
+
+def test_throughput_ratios_pair_rows_of_one_shape_length_and_compile_setting():
+    import pandas as pd
+
+    from gdn.report.sections.performance import throughput_ratios
+
+    def row(variant, compiled, tok, status="measured"):
+        return {"shape": "125M", "seq_len": 8192, "compiled": compiled, "variant": variant,
+                "tokens_per_s": tok, "status": status}
+
+    frame = pd.DataFrame([row("transformer_mup", False, 200.0), row("gdn_mup", False, 150.0),
+                          row("fla_gdn", False, 100.0), row("transformer_mup", True, 300.0),
+                          row("gdn_mup", True, 330.0), row("fla_gdn", True, None, "skipped")])
+    eager, compiled = throughput_ratios(frame)
+    assert (eager["compiled"], eager["gdn_over_transformer"], eager["gdn_over_fla"]) == (False, 0.75, 1.5)
+    # fla's model is only timed eager; a compiled GDN is compared with that eager figure.
+    assert compiled["gdn_over_transformer"] == pytest.approx(1.1) and compiled["gdn_over_fla"] == pytest.approx(3.3)
+    assert eager["target_vs_transformer"] == 1.5 and eager["target_vs_fla"] == 1.2

@@ -287,3 +287,20 @@ def test_report_section_counts_planned_and_finished_cells(paper):
     full = section.build(con, {"config": paper})
     assert "of 110 planned" in full["html"] and "30 confirmation cells wait" in full["html"]
     assert section.build(con, {"config": {}}) is None
+
+
+def test_estimate_takes_rows_of_cut_short_files_matching_train_compile_and_ignores_outside_models(paper, tmp_path):
+    seq_len, vocab = paper["train"]["seq_len"], plan.vocab_size(paper)
+    cost = plan.model_cost(paper["model"], "gdn_mup", 512, vocab, seq_len)
+    common = {"suite": "throughput", "seq_len": seq_len, "flops_per_token": cost["flops_per_token"],
+              "params_total": cost["total"]}
+    rows = [{**common, "variant": "gdn_mup", "compiled": False, "tokens_per_s": 100_000.0},
+            {**common, "variant": "gdn_mup", "compiled": True, "tokens_per_s": 300_000.0},
+            {**common, "variant": "fla_gdn", "compiled": False, "tokens_per_s": 900_000.0}]
+    bench = tmp_path / "throughput.json"
+    bench.write_text(json.dumps({"status": "running", "device": "NVIDIA H200", "rows": rows}))
+    eager = plan.bench_figures([str(bench)], compiled=False)
+    assert [f.tokens_per_s for f in eager] == [100_000.0]  # the fla row says nothing about our cells
+    assert [f.tokens_per_s for f in plan.bench_figures([str(bench)], compiled=True)] == [300_000.0]
+    bench.write_text(json.dumps({"status": "skipped", "reason": "no GPU", "rows": []}))
+    assert plan.bench_figures([str(bench)]) == []

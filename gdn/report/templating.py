@@ -18,6 +18,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters["num"] = format_number
     env.filters["exp_or_none"] = exp_or_none
+    env.filters["present"] = present
+    env.filters["count"] = format_count
     return env
 
 
@@ -51,3 +53,17 @@ def exp_or_none(value):
 
 def render(template_name: str, **variables) -> str:
     return environment().get_template(template_name).render(**variables)
+
+
+def present(value) -> str:
+    """Optional text cells: missing (None or NaN, as pandas fills gaps) shows as nothing."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
+def format_count(value) -> str:
+    """Integers that pandas may have widened to float (a column with gaps): 2048.0 -> 2,048."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return f"{int(value):,}"
