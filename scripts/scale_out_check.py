@@ -50,6 +50,25 @@ def summarize(log_path: Path, skip: int) -> dict:
             "steps_timed": len(timed)}
 
 
+def compare_to_one_gpu(results: list[dict], skip: int) -> None:
+    """Adds per-GPU tokens/s, scaling efficiency and loss differences against the 1-GPU run (in place)."""
+    single = next((r for r in results if r["gpus"] == 1 and r.get("tokens_per_s")), None)
+    if single is None:
+        return
+    for row in results:
+        if row.get("tokens_per_s"):
+            per_gpu = row["tokens_per_s"] / row["gpus"]
+            row["tokens_per_s_per_gpu"] = per_gpu
+            row["scaling_efficiency"] = per_gpu / single["tokens_per_s"]
+            pairs = list(zip(single["losses"], row["losses"]))
+            row["max_abs_loss_diff_vs_1gpu"] = max(abs(a - b) for a, b in pairs) if pairs else None
+            row["mean_abs_loss_diff_vs_1gpu"] = statistics.mean(abs(a - b) for a, b in pairs) if pairs else None
+    steps = single["losses"][skip:]
+    if len(steps) > 2:
+        # Noise scale: step-to-step change of the single-GPU loss over the timed part.
+        single["loss_step_to_step_sd"] = statistics.pstdev([b - a for a, b in zip(steps, steps[1:])])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "config/paper.yaml")
@@ -86,19 +105,7 @@ def main() -> int:
             row.update(summarize(run_dir / "log.jsonl", args.skip))
         results.append(row)
         print(f"{gpus} GPU(s): exit {code}, tokens/s {row.get('tokens_per_s')}", flush=True)
-    single = next((r for r in results if r["gpus"] == 1 and r.get("tokens_per_s")), None)
-    for row in results:
-        if single and row.get("tokens_per_s"):
-            per_gpu = row["tokens_per_s"] / row["gpus"]
-            row["tokens_per_s_per_gpu"] = per_gpu
-            row["scaling_efficiency"] = per_gpu / single["tokens_per_s"]
-            pairs = list(zip(single["losses"], row["losses"]))
-            row["max_abs_loss_diff_vs_1gpu"] = max(abs(a - b) for a, b in pairs) if pairs else None
-            row["mean_abs_loss_diff_vs_1gpu"] = statistics.mean(abs(a - b) for a, b in pairs) if pairs else None
-    if single and len(single["losses"]) > 2:
-        # Noise scale: step-to-step change of the single-GPU loss over the timed part.
-        steps = single["losses"][args.skip:]
-        single["loss_step_to_step_sd"] = statistics.pstdev([b - a for a, b in zip(steps, steps[1:])])
+    compare_to_one_gpu(results, args.skip)
     summary = {"config": str(args.config), "width": args.width, "variant": args.variant,
                "seq_len": args.seq_len or config["train"]["seq_len"], "batch": args.batch, "steps": args.steps,
                "activation_checkpointing": args.activation_checkpointing, "compile": args.compile,

@@ -304,3 +304,19 @@ def test_estimate_takes_rows_of_cut_short_files_matching_train_compile_and_ignor
     assert [f.tokens_per_s for f in plan.bench_figures([str(bench)], compiled=True)] == [300_000.0]
     bench.write_text(json.dumps({"status": "skipped", "reason": "no GPU", "rows": []}))
     assert plan.bench_figures([str(bench)]) == []
+
+
+def test_scale_out_check_compares_every_gpu_count_with_one_gpu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale_out_check", REPO / "scripts/scale_out_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = [{"gpus": 1, "tokens_per_s": 100.0, "losses": [5.0, 4.0, 3.5, 3.0]},
+               {"gpus": 2, "tokens_per_s": 180.0, "losses": [5.0, 4.01, 3.49, 3.0]},
+               {"gpus": 4, "exit_code": 1}]
+    module.compare_to_one_gpu(results, skip=1)
+    assert results[1]["tokens_per_s_per_gpu"] == 90.0 and results[1]["scaling_efficiency"] == 0.9
+    assert results[1]["max_abs_loss_diff_vs_1gpu"] == pytest.approx(0.01)
+    assert "scaling_efficiency" not in results[2]  # a run that failed gets no figures
+    assert results[0]["loss_step_to_step_sd"] == pytest.approx(0.0)  # -0.5, -0.5
