@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -93,9 +94,10 @@ def main() -> int:
     for gpus in args.gpus:
         run_dir = args.out / f"gpus{gpus}"
         payload = run_config(config, args.width, args.variant, args.log2_lr, gpus, args)
-        command = (f"{launch.launch_command(sys.executable, gpus)} -m gdn train --config-json '{json.dumps(payload)}'"
-                   f" --train-bin {args.train_bin} --valid-bin {args.valid_bin} --tokenizer {args.tokenizer}"
-                   f" --out {run_dir}")
+        files = " ".join(shlex.quote(str(p)) for p in ("--train-bin", args.train_bin, "--valid-bin", args.valid_bin,
+                                                          "--tokenizer", args.tokenizer, "--out", run_dir))
+        command = (f"{launch.launch_command(shlex.quote(sys.executable), gpus)} -m gdn train"
+                   f" --config-json {shlex.quote(json.dumps(payload))} {files}")
         env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'kernels'}:{os.environ.get('PYTHONPATH', '')}"}
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "stdout.log", "w") as log:

@@ -220,3 +220,22 @@ def test_batch_rows_split_evenly_and_name_the_config_key():
     assert local_rows((x,), None)[0] is x
     with pytest.raises(ConfigError, match="train.batch_size"):
         local_rows((x[:3],), worlds[0])
+
+
+def test_scale_out_check_runs_one_cell_on_one_and_two_processes(token_files, tmp_path):  # noqa: F811
+    import yaml
+
+    config = tmp_path / "tier's config.yaml"  # a quote in the path: commands are built with shlex
+    config.write_text(yaml.safe_dump({"model": MODEL, "train": TRAIN}))
+    out = tmp_path / "scale"
+    done = subprocess.run(
+        [sys.executable, "scripts/scale_out_check.py", "--config", str(config), "--width", "32", "--gpus", "1", "2",
+         "--steps", "4", "--skip", "1", "--batch", "4", "--device", "cpu", "--no-activation-checkpointing",
+         "--train-bin", str(token_files / "train.bin"), "--valid-bin", str(token_files / "valid.bin"),
+         "--tokenizer", str(token_files / "tokenizer.json"), "--out", str(out)],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads((out / "scale_out.json").read_text())
+    one, two = summary["runs"]
+    assert (one["gpus"], two["gpus"]) == (1, 2) and len(two["losses"]) == 4
+    assert two["scaling_efficiency"] > 0 and two["max_abs_loss_diff_vs_1gpu"] < 1e-3
