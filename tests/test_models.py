@@ -123,3 +123,26 @@ def test_compiled_blocks_compute_the_same_loss_and_gradients(tiny_spec):
         torch.testing.assert_close(compiled, eager)
         for name, p in model.named_parameters():
             torch.testing.assert_close(p.grad, grads[name], msg=name)
+
+
+def test_short_conv_keeps_views_of_its_input_for_backward_not_float32_copies():
+    from gdn.models.gated_deltanet import ShortConv
+
+    conv = ShortConv(64, 4)
+    x = torch.randn(2, 128, 64, dtype=torch.bfloat16, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y, _ = conv(x)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    float32_bytes = sum(t.numel() * t.element_size() for t in big if t.dtype == torch.float32)
+    # What must stay: one float32 pre-activation for SiLU's backward (and sums it needs); no
+    # float32 copy per tap of the shifted input.
+    assert float32_bytes <= 2 * x.numel() * 4
+    assert all(t.dtype == torch.bfloat16 or t.numel() <= 2 * x.numel() for t in big)
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad.float()).all()

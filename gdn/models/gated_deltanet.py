@@ -49,10 +49,13 @@ class ShortConv(nn.Module):
         else:
             before = tail.transpose(1, 2).to(x.dtype)
         padded = torch.cat([before, x], dim=1)  # [B, T + width - 1, C]
+        # Input-dtype slices times the float32 weight: the products promote to float32 without a
+        # float32 copy of each shifted input, so autograd keeps only views of `padded` (explicit
+        # .float() copies held 4 float32 copies of the input per convolution in eager mode).
         w = self.conv.weight[:, 0, :].float()  # [C, width]
-        y = padded[:, 0:T].float() * w[:, 0]
+        y = padded[:, 0:T] * w[:, 0]
         for i in range(1, width):
-            y = y + padded[:, i : i + T].float() * w[:, i]
+            y = y + padded[:, i : i + T] * w[:, i]
         return F.silu(y).to(x.dtype), padded[:, T:].transpose(1, 2)
 
 
