@@ -11,6 +11,7 @@ dtype, as the tensor-core matmuls read them).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 import triton
@@ -125,6 +126,10 @@ def _launch_first_fitting(kernel, grid, args, candidates, key, **meta):
                 raise
             continue
         _FITTING[key] = (block_v, stages)
+        if i > 0:
+            warnings.warn(f"{key[0]}: launch (BV={candidates[0][0]}, num_stages={candidates[0][1]}) needs more "
+                          f"shared memory than this GPU has; using BV={block_v}, num_stages={stages} "
+                          f"(same results, possibly slower)", stacklevel=2)
         return
 
 

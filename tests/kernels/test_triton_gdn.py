@@ -260,7 +260,8 @@ def test_a_launch_that_does_not_fit_falls_back_and_the_choice_is_remembered():
 
     key = ("fake", 256, 256)
     triton_ops._FITTING.pop(key, None)
-    triton_ops._launch_first_fitting(FakeKernel(), (1,), (), [(32, 2), (32, 1), (16, 1)], key=key)
+    with pytest.warns(UserWarning, match="using BV=32, num_stages=1"):
+        triton_ops._launch_first_fitting(FakeKernel(), (1,), (), [(32, 2), (32, 1), (16, 1)], key=key)
     assert calls == [(32, 2), (32, 1)]
     triton_ops._launch_first_fitting(FakeKernel(), (1,), (), [(32, 2), (32, 1), (16, 1)], key=key)
     assert calls[2:] == [(32, 1)]  # straight to what fitted
