@@ -10,8 +10,8 @@ throughput, from
 
 A cell whose model was not measured gets the achieved FLOP/s of the nearest measured model of
 its family (6 N + mixer FLOPs per token, gdn.bench.throughput), which flatters small models.
-Multi-GPU jobs are assumed to scale linearly; evaluation, coordinate checks and benchmarks are
-not counted.
+Multi-GPU jobs scale linearly unless --scaling-efficiency says otherwise; evaluation,
+coordinate checks and benchmarks are not counted.
 
 `--transferred-lrs` prints, for a tier with `confirm.base: transfer`, the proxy sweep's optimal
 learning rates (gdn.transfer) in the form `confirm.transferred_log2_lr` takes.
@@ -196,8 +196,13 @@ def throughput_for(figures: list[Throughput], family: str, cost: dict, seq_len: 
 # ---------------------------------------------------------------- the estimate
 
 
-def estimate(config: dict, figures: list[Throughput]) -> pd.DataFrame:
-    """GPU-hours per (stage, variant, width): one row per group of cells of equal cost."""
+def estimate(config: dict, figures: list[Throughput], scaling_efficiency: float = 1.0) -> pd.DataFrame:
+    """GPU-hours per (stage, variant, width): one row per group of cells of equal cost.
+
+    scaling_efficiency: per-GPU throughput of a multi-GPU job relative to one GPU (1.0: linear;
+    scripts/scale_out_check.py measures it)."""
+    if not 0 < scaling_efficiency <= 1:
+        raise ValueError(f"--scaling-efficiency must be in (0, 1], got {scaling_efficiency}")
     planned = planned_cells(config)
     seq_len, vocab, tokens = config["train"]["seq_len"], vocab_size(config), tokens_per_cell(config)
     rows = []
@@ -206,6 +211,8 @@ def estimate(config: dict, figures: list[Throughput]) -> pd.DataFrame:
         tokens_per_s, origin = throughput_for(figures, _family(variant), cost, seq_len)
         parallel = gdn_config.parallel_settings(config["train"], int(width))
         gpus = parallel["gpus_per_job"] * parallel["nodes"]
+        if gpus > 1:
+            tokens_per_s *= scaling_efficiency
         gpu_hours = tokens / tokens_per_s / 3600
         rows.append({"stage": stage, "variant": variant, "width": int(width), "cells": len(group),
                      "lr_pending": int(group["run_id"].isna().sum()), "params_total": cost["total"],
@@ -216,10 +223,12 @@ def estimate(config: dict, figures: list[Throughput]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def format_estimate(table: pd.DataFrame, figure_note: str) -> str:
+def format_estimate(table: pd.DataFrame, figure_note: str, scaling_efficiency: float = 1.0) -> str:
+    scaling = ("multi-GPU jobs assumed to scale linearly" if scaling_efficiency == 1.0 else
+               f"multi-GPU jobs at {scaling_efficiency:.0%} of one GPU's tokens/s per GPU")
     lines = [
         "ESTIMATES, not measurements: GPU-hours = tokens per cell / training tokens/s per GPU;",
-        f"multi-GPU jobs assumed to scale linearly; training only. Throughput figures: {figure_note}",
+        f"{scaling}; training only. Throughput figures: {figure_note}",
         "",
         f"{'stage':<8} {'variant':<16} {'width':>5} {'cells':>5} {'params':>14} {'non-emb':>14} {'GPUs':>4} "
         f"{'tok/s/GPU':>10} {'GPU-h/cell':>10} {'wall-h/cell':>11} {'GPU-h':>9}",
@@ -284,6 +293,9 @@ def add_arguments(parser) -> None:
                              "one tokens/s per GPU for every cell, or WIDTH=TOKENS_PER_S pairs")
     parser.add_argument("--bench", default="results/bench/*/throughput.json",
                         help="glob of measured throughput files (default: %(default)s)")
+    parser.add_argument("--scaling-efficiency", type=float, default=1.0,
+                        help="per-GPU throughput of multi-GPU jobs relative to one GPU (default 1.0, linear; "
+                             "scripts/scale_out_check.py measures it)")
     parser.add_argument("--transferred-lrs", action="store_true",
                         help="print the proxy sweep's optima for confirm.transferred_log2_lr instead of the estimate")
 
@@ -311,7 +323,8 @@ def run(args) -> int:
         print(f"no throughput figures: {args.bench} has no rows and --tokens-per-s was not given.\n"
               "Measure them (the tier's bench throughput suite on the target GPU) or pass --tokens-per-s.")
         return 1
-    print(format_estimate(estimate(config, figures), note))
+    efficiency = args.scaling_efficiency
+    print(format_estimate(estimate(config, figures, efficiency), note, efficiency))
     return 0
 
 

@@ -320,3 +320,15 @@ def test_scale_out_check_compares_every_gpu_count_with_one_gpu():
     assert results[1]["max_abs_loss_diff_vs_1gpu"] == pytest.approx(0.01)
     assert "scaling_efficiency" not in results[2]  # a run that failed gets no figures
     assert results[0]["loss_step_to_step_sd"] == pytest.approx(0.0)  # -0.5, -0.5
+
+
+def test_scaling_efficiency_charges_multi_gpu_jobs_only(paper):
+    figures = plan.given_figures(["50000"], paper)
+    linear, measured = plan.estimate(paper, figures), plan.estimate(paper, figures, scaling_efficiency=0.8)
+    single = linear["gpus_per_job"] == 1
+    assert (measured[single]["gpu_hours"] == linear[single]["gpu_hours"]).all()
+    ratio = measured[~single]["gpu_hours"] / linear[~single]["gpu_hours"]
+    assert ratio.round(9).eq(1.25).all() and (~single).any()
+    assert "80% of one GPU" in plan.format_estimate(measured, "test", 0.8)
+    with pytest.raises(ValueError, match="scaling-efficiency"):
+        plan.estimate(paper, figures, scaling_efficiency=1.5)
