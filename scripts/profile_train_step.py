@@ -35,13 +35,13 @@ def main() -> None:
     device = torch.device("cuda")
     batch = max(1, shape.get("tokens_per_step", args.tokens_per_step) // args.seq_len)
     for variant in args.variants:
-        model, note = throughput._build(shape, variant, bench.get("vocab_size", 50257), device, args.compile)
+        model, note = throughput.build_for_timing(shape, variant, bench.get("vocab_size", 50257), device, args.compile)
         if model is None:
             print(f"{variant}: skipped ({note})")
             continue
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         ids = torch.randint(0, model.config.vocab_size, (batch, args.seq_len), device=device)
-        step = throughput._train_step(model, opt, ids, device)
+        step = throughput.train_step(model, opt, ids, device)
         for _ in range(3):
             step()
         torch.cuda.synchronize()

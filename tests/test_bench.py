@@ -59,3 +59,11 @@ def test_throughput_ratios_pair_rows_of_one_shape_length_and_compile_setting():
     # fla's model is only timed eager; a compiled GDN is compared with that eager figure.
     assert compiled["gdn_over_transformer"] == pytest.approx(1.1) and compiled["gdn_over_fla"] == pytest.approx(3.3)
     assert eager["target_vs_transformer"] == 1.5 and eager["target_vs_fla"] == 1.2
+
+
+def test_outside_reference_model_is_recorded_as_skipped_with_the_reason():
+    # fla is not installed here (and its kernels need CUDA): the row says so instead of vanishing.
+    rows = throughput.measure(SHAPE, ["fla_gdn"], 16, 32, torch.device("cpu"), iters=1, vocab_size=64)
+    assert rows[0]["variant"] == "fla_gdn" and rows[0]["status"] == "skipped" and rows[0]["note"]
+    model, note = throughput.build_for_timing(SHAPE, "fla_gdn", 64, torch.device("cpu"), compiled=True)
+    assert model is None and note

@@ -40,7 +40,7 @@ def flops_per_token(model, seq_len: int) -> float:
     return 6 * matmul + mixer
 
 
-def _train_step(model, optimizer, ids, device):
+def train_step(model, optimizer, ids, device):
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(input_ids=ids, labels=ids).loss
@@ -51,7 +51,7 @@ def _train_step(model, optimizer, ids, device):
     return step
 
 
-def _build(shape: dict, variant: str, vocab_size: int, device: torch.device, compiled: bool):
+def build_for_timing(shape: dict, variant: str, vocab_size: int, device: torch.device, compiled: bool):
     """(model, note): one of our variants, or an outside reference model (None if unavailable)."""
     if reference_models.is_reference(variant):
         model, note = reference_models.build(shape, variant, vocab_size, device)
@@ -72,13 +72,13 @@ def measure(shape: dict, variants: list[str], seq_len: int, tokens_per_step: int
     for variant in variants:
         base = {"suite": "throughput", "shape": shape["name"], "variant": variant, "batch": batch,
                 "seq_len": seq_len, "compiled": compiled}
-        model, note = _build(shape, variant, vocab_size, device, compiled)
+        model, note = build_for_timing(shape, variant, vocab_size, device, compiled)
         if model is None:
             rows.append({**base, "status": "skipped", "note": note})
             continue
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
         ids = torch.randint(0, vocab_size, (batch, seq_len), device=device)
-        step = _train_step(model, opt, ids, device)
+        step = train_step(model, opt, ids, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         try:
