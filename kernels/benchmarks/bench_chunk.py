@@ -182,28 +182,58 @@ def profile_ours(shape):
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
 
 
-def sweep_launch(shape):
-    """Forward and forward+backward time of a few launch variants at one shape."""
+SWEEP_VARIANTS = {
+    "state_bv32": {"state_block_v": 32},
+    "state_bv128": {"state_block_v": 128},
+    "state_warps8": {"state_warps": 8},
+    "state_stages1": {"state_stages": 1},
+    "state_stages3": {"state_stages": 3},
+    "output_bv32": {"output_block_v": 32},
+    "output_bv128": {"output_block_v": 128},
+    "output_warps8": {"output_warps": 8},
+    "prep_warps8": {"prep_warps_small_k": 8},
+    "bwd_bv16": {"bwd_block_v": 16},
+    "bwd_bv64": {"bwd_block_v": 64},
+    "bwd_warps4": {"bwd_warps": 4},
+    "bwd_stages1": {"bwd_stages": 1},
+    "bwd_stages3": {"bwd_stages": 3},
+}
+
+
+def sweep_launch(shape, gain=0.02):
+    """Forward and forward+backward time of single launch changes at one shape, then of the
+    changes that each gained more than `gain` of the default's forward+backward time, combined
+    (the best value per field). Returns the rows for the JSON."""
     base = dataclasses.replace(triton_ops.LAUNCH)
-    variants = {
-        "default": {},
-        "state_bv32": {"state_block_v": 32},
-        "state_warps8": {"state_warps": 8},
-        "output_bv128": {"output_block_v": 128},
-        "output_warps8": {"output_warps": 8},
-        "prep_warps8": {"prep_warps_small_k": 8},
-        "bwd_bv16": {"bwd_block_v": 16},
-        "bwd_stages1": {"bwd_stages": 1},
-    }
-    print(f"launch sweep at {shape}:")
-    for name, change in variants.items():
+    rows = []
+
+    def measure(name, change):
         triton_ops.LAUNCH = dataclasses.replace(base, **change)
+        triton_ops._FITTING.clear()
         try:
             fwd, fb = time_pair(run_ours, make_inputs, shape)
             print(f"  {name:14s} fwd {fwd:.3f} ms  fwd+bwd {fb:.3f} ms")
         except Exception as err:  # a variant may exceed shared memory or registers
+            fwd = fb = None
             print(f"  {name:14s} failed: {type(err).__name__}: {str(err)[:120]}")
+        rows.append({"variant": name, "change": change, "shape": list(shape), "fwd_ms": fwd, "fwdbwd_ms": fb})
+        return fb
+
+    print(f"launch sweep at {shape} (default {dataclasses.asdict(base)}):")
+    default = measure("default", {})
+    if default is not None:
+        best: dict[str, tuple[float, object]] = {}
+        for name, change in SWEEP_VARIANTS.items():
+            fb = measure(name, change)
+            if fb is not None and fb < default * (1 - gain):
+                for field, value in change.items():
+                    if field not in best or fb < best[field][0]:
+                        best[field] = (fb, value)
+        if len(best) > 1:
+            measure("combined", {field: value for field, (_, value) in best.items()})
     triton_ops.LAUNCH = base
+    triton_ops._FITTING.clear()
+    return rows
 
 
 def git_commit():
@@ -246,7 +276,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON rows")
     parser.add_argument("--profile", action="store_true", help="per-kernel breakdown at the first shape")
-    parser.add_argument("--sweep", action="store_true", help="try launch variants at the first shape")
+    parser.add_argument("--sweep", action="store_true",
+                        help="try launch variants at the two (8, 2048) shapes before the table")
+    parser.add_argument("--shapes", type=int, nargs="+", default=None, metavar="I",
+                        help="indices into the shape list to time (default: all)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         # The pipeline's bench rule runs this on every machine: say why there are no rows.
@@ -270,8 +303,10 @@ def main():
             print(f"fp64 check fla failed to run: {type(err).__name__}: {err}")
     if args.profile:
         profile_ours(SHAPES[0])
+    sweep_rows = []
     if args.sweep:
-        sweep_launch(SHAPES[0])
+        for shape in (SHAPES[0], SHAPES[2]):
+            sweep_rows += sweep_launch(shape)
 
     impls = [("ours", run_ours, make_inputs, None)]
     if fla_fn is not None:
@@ -283,8 +318,10 @@ def main():
     rows = []
     result = {"kind": "kernel_bench", "device": device, "torch": torch.__version__, "triton": triton.__version__,
               "fla": fla_version, "commit": git_commit(), "rows": rows}
+    if sweep_rows:
+        result["launch_sweep"] = sweep_rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for shape in SHAPES:
+    for shape in [SHAPES[i] for i in args.shapes] if args.shapes else SHAPES:
         B, T, H, K, V = shape
         for name, run, make, note in impls:
             fwdbwd = not (name == "torch_chunked" and B * T * H > TORCH_CHUNKED_FWDBWD_MAX)
