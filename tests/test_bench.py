@@ -1,6 +1,7 @@
 """Benchmark suites on the CPU: the overhead suite measures, GPU-only suites say they were skipped."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -33,13 +34,55 @@ def test_flop_count_grows_with_context_only_for_attention():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
-def test_gpu_suites_are_skipped_visibly_on_cpu(tmp_path):
+@pytest.mark.parametrize("suite", ["inference", "kernels"])
+def test_gpu_suites_are_skipped_visibly_on_cpu(tmp_path, suite):
     settings = {"bench": {"shapes": {"tiny": SHAPE}, "inference": {"shapes": ["tiny"]}}}
-    out = tmp_path / "inference.json"
-    subprocess.run([sys.executable, "-m", "gdn", "bench", "--suite", "inference", "--config-json",
-                    json.dumps(settings), "--out", str(out)], check=True, cwd=REPO, capture_output=True)
+    out = tmp_path / f"{suite}.json"
+    subprocess.run([sys.executable, "-m", "gdn", "bench", "--suite", suite, "--config-json", json.dumps(settings),
+                    "--lock", str(tmp_path / "bench.lock"), "--out", str(out)],
+                   check=True, cwd=REPO, capture_output=True)
     payload = json.loads(out.read_text())
     assert payload["status"] == "skipped" and "CUDA" in payload["reason"] and payload["rows"] == []
+
+
+def test_a_second_benchmark_waits_until_the_first_releases_the_lock(tmp_path):
+    import threading
+    import time
+
+    from gdn.bench.exclusive import one_at_a_time
+
+    lock = tmp_path / "bench.lock"
+    first_holds, events = threading.Event(), []
+
+    def first():
+        with one_at_a_time(lock):
+            first_holds.set()
+            time.sleep(0.3)
+            events.append("first done")
+
+    def second():
+        first_holds.wait()
+        with one_at_a_time(lock):
+            events.append("second runs")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert events == ["first done", "second runs"]
+
+
+def test_each_suite_is_a_cell_of_its_own(tmp_path):
+    # Asking for one suite's file plans that suite alone (no chain through the other suites).
+    # An empty working directory, so that no suite's file exists yet.
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(tmp_path), "results/bench/quick/kernels.json", "--configfile",
+                           str(REPO / "config/config.yaml"), str(REPO / "config/bench-only.yaml")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    stats = done.stdout[done.stdout.rindex("Job stats:"):]
+    assert re.search(r"^bench\s+1$", stats, re.M) and re.search(r"^total\s+1$", stats, re.M), stats
 
 
 def test_throughput_ratios_pair_rows_of_one_shape_length_and_compile_setting():

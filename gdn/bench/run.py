@@ -1,22 +1,28 @@
-"""`python -m gdn bench --suite overhead|throughput|inference`: one benchmark suite, one JSON file.
+"""`python -m gdn bench --suite overhead|throughput|inference|kernels`: one benchmark suite, one JSON file.
 
 Suites that need a GPU write a file with status "skipped" and the reason on a CPU-only
 machine, so the report can say so instead of leaving a silent gap. The overhead suite also
-runs on the CPU at the shapes the tier names.
+runs on the CPU at the shapes the tier names. The kernels suite is the kernel package's own
+benchmark script (kernels/benchmarks/bench_chunk.py), which writes its JSON itself.
+`--lock FILE` makes suites that share the file run one after another (gdn.bench.exclusive).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 from gdn import provenance
 from gdn.bench import inference, overhead, throughput
+from gdn.bench.exclusive import one_at_a_time
 from gdn.checkpoint import write_json_atomic
 
-SUITES = ("overhead", "throughput", "inference")
+SUITES = ("overhead", "throughput", "inference", "kernels")
+KERNEL_BENCH = Path(__file__).resolve().parents[2] / "kernels" / "benchmarks" / "bench_chunk.py"
 GPU_ONLY = ("throughput", "inference")
 
 
@@ -61,9 +67,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config-json", required=True, help='JSON with the tier config\'s "bench" section')
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--lock", type=Path, default=None,
+                        help="lock file shared by benchmarks that must not run at the same time")
 
 
 def run(args) -> int:
+    with one_at_a_time(args.lock):
+        if args.suite == "kernels":
+            return subprocess.run([sys.executable, str(KERNEL_BENCH), "--out", str(args.out)]).returncode
+        return _run_model_suite(args)
+
+
+def _run_model_suite(args) -> int:
     settings = json.loads(args.config_json).get("bench") or {}
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device("cuda" if cuda else "cpu")

@@ -1,8 +1,10 @@
-# Benchmarks. They run after every training, evaluation and coordinate-check job of the tier and
-# one after another, so no other job shares the GPU while they time it.
+# Benchmarks. Each suite is its own cell (ask for its file to rerun it alone). They run after every
+# training, evaluation and coordinate-check job of the tier, and one at a time (a lock file held by
+# `gdn bench`), so no other job shares the GPU while they time it.
 
 BENCH_CFG = config.get("bench") or {}
 BENCH_DIR = f"results/bench/{TIER}"
+BENCH_LOCK = "results/bench/.one-at-a-time.lock"
 BENCH_SUITES = [s for s in ("overhead", "throughput", "inference") if BENCH_CFG.get(s)]
 ALL_BENCH = [f"{BENCH_DIR}/{suite}.json" for suite in BENCH_SUITES]
 # By default the benchmarks wait for every other job of the tier, so nothing shares the GPU while
@@ -16,39 +18,22 @@ if BENCH_CFG.get("kernels"):
 rule bench:
     input:
         BENCH_AFTER,
-        previous_bench,
     output:
         f"{BENCH_DIR}/{{suite}}.json",
     log:
         f"results/logs/{TIER}/bench-{{suite}}.log",
     wildcard_constraints:
-        suite="overhead|throughput|inference",
+        suite="overhead|throughput|inference|kernels",
     params:
         python=PYTHON,
         device=config["device"],
         cfg=json_arg("bench"),
+        lock=BENCH_LOCK,
     resources:
         gpu=GPU_PER_JOB,
     conda:
         CONDA_ENV
     shell:
         "{params.python} -m gdn bench --suite {wildcards.suite} --config-json {params.cfg} --device {params.device}"
-        " --out {output} > {log} 2>&1"
+        " --lock {params.lock} --out {output} > {log} 2>&1"
 
-
-rule bench_kernels:
-    input:
-        BENCH_AFTER,
-        lambda wildcards: ALL_BENCH[:-1][-1:],
-    output:
-        f"{BENCH_DIR}/kernels.json",
-    log:
-        f"results/logs/{TIER}/bench-kernels.log",
-    resources:
-        gpu=GPU_PER_JOB,
-    params:
-        python=PYTHON,
-    conda:
-        CONDA_ENV
-    shell:
-        "{params.python} kernels/benchmarks/bench_chunk.py --out {output} > {log} 2>&1"

@@ -19,13 +19,6 @@ def train_payload(wildcards):
     )
 
 
-def previous_bench(wildcards):
-    """The suite before this one (a chain keeps them from running at the same time)."""
-    order = ALL_BENCH
-    here = order.index(f"{BENCH_DIR}/{wildcards.suite}.json")
-    return order[:here][-1:]
-
-
 def prepare_tasks_options(wildcards):
     """--local-dir (and --manifest) when the task files come from a local folder instead of the hub."""
     options = []
