@@ -1,0 +1,69 @@
+"""Where one decode step's time goes: wall time per token against the GPU time its kernels
+take, the kernel launches per token, and the top operators by CPU and by GPU time. A step
+whose wall time is far above its GPU time is bound by the host (launches, Python).
+
+    python scripts/profile_decode.py --config config/study.yaml --shape 1B \
+        --variants transformer_mup gdn_mup [--prompt 16384] [--batch 1] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.profiler import ProfilerActivity, profile
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "kernels")]
+
+from gdn.bench import shapes  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--shape", required=True)
+    parser.add_argument("--variants", nargs="+", required=True)
+    parser.add_argument("--prompt", type=int, default=16384)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=15)
+    args = parser.parse_args()
+    bench = yaml.safe_load(args.config.read_text())["bench"]
+    shape = {"name": args.shape, **bench["shapes"][args.shape]}
+    device = torch.device("cuda")
+    vocab = bench.get("vocab_size", 50257)
+    for variant in args.variants:
+        model = shapes.build(shape, variant, vocab, device, torch.bfloat16).eval()
+        ids = torch.randint(0, vocab, (args.batch, args.prompt), device=device)
+        with torch.no_grad():
+            logits, caches = model.prefill(ids)
+            token = logits.argmax(-1)
+            for _ in range(3):  # warm-up (allocator, kernel compiles)
+                logits, caches = model.decode_step(token, caches)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                logits, caches = model.decode_step(token, caches)
+            torch.cuda.synchronize()
+            wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(args.steps):
+                    logits, caches = model.decode_step(token, caches)
+                torch.cuda.synchronize()
+        events = prof.key_averages()
+        gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / args.steps
+        launches = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / args.steps
+        print(f"\n=== {variant} at {args.shape}, batch {args.batch}, after {args.prompt} tokens: "
+              f"{wall_ms:.2f} ms wall per token, {gpu_ms:.2f} ms of GPU kernels, {launches:.0f} kernels per token ===")
+        print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+        print(events.table(sort_by="self_device_time_total", row_limit=args.rows, max_name_column_width=60))
+        del model, caches
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
