@@ -55,8 +55,9 @@ def main() -> None:
                     logits, caches = model.decode_step(token, caches)
                 torch.cuda.synchronize()
         events = prof.key_averages()
-        gpu_ms = sum(e.self_device_time_total for e in events) / 1e3 / args.steps
-        launches = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / args.steps
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        gpu_ms = sum(e.self_device_time_total for e in kernels) / 1e3 / args.steps
+        launches = sum(e.count for e in kernels) / args.steps
         print(f"\n=== {variant} at {args.shape}, batch {args.batch}, after {args.prompt} tokens: "
               f"{wall_ms:.2f} ms wall per token, {gpu_ms:.2f} ms of GPU kernels, {launches:.0f} kernels per token ===")
         print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))

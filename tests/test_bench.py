@@ -110,3 +110,36 @@ def test_outside_reference_model_is_recorded_as_skipped_with_the_reason():
     assert rows[0]["variant"] == "fla_gdn" and rows[0]["status"] == "skipped" and rows[0]["note"]
     model, note = throughput.build_for_timing(SHAPE, "fla_gdn", 64, torch.device("cpu"), compiled=True)
     assert model is None and note
+
+
+def test_kernel_ratios_are_theirs_over_ours_per_shape():
+    import pandas as pd
+
+    from gdn.report.sections.performance import kernel_ratios
+
+    def row(impl, T, fwd, fb):
+        return {"impl": impl, "B": 8, "T": T, "H": 16, "K": 128, "V": 128, "fwd_ms": fwd, "fwdbwd_ms": fb}
+
+    frame = pd.DataFrame([row("ours", 2048, 1.0, 4.0), row("fla", 2048, 1.5, 3.0), row("sdpa", 2048, 0.5, 2.0),
+                          row("ours", 16384, 2.0, 8.0), row("sdpa", 16384, 4.0, 20.0)])
+    short, long = kernel_ratios(frame)
+    assert (short["fla_fwd"], short["fla_fwdbwd"], short["sdpa_fwdbwd"]) == (1.5, 0.75, 0.5)
+    assert short["shape"] == "(8, 2048, 16, 128, 128)" and not short["longest"]
+    assert long["longest"] and long["fla_fwd"] is None and long["sdpa_fwdbwd"] == 2.5
+
+
+def test_decode_ratios_pair_models_at_one_prompt_and_batch_and_skip_failed_rows():
+    import pandas as pd
+
+    from gdn.report.sections.performance import decode_ratios
+
+    def row(variant, prompt, tok_s, kernel_ms, status="ok"):
+        return {"shape": "1B", "variant": variant, "prompt_len": prompt, "batch": 1, "decode_tokens_per_s": tok_s,
+                "decode_kernel_ms_per_token": kernel_ms, "status": status}
+
+    frame = pd.DataFrame([row("transformer_mup", 2048, 20.0, 3.0), row("gdn_mup", 2048, 30.0, 2.0),
+                          row("transformer_mup", 16384, 10.0, float("nan")), row("gdn_mup", 16384, 25.0, 2.0),
+                          row("gdn_mup", 65536, None, None, "out of memory")])
+    short, long = decode_ratios(frame)
+    assert (short["prompt"], short["wall"], short["kernel"]) == (2048, 1.5, 1.5)
+    assert (long["prompt"], long["wall"], long["kernel"]) == (16384, 2.5, None)

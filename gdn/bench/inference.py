@@ -48,6 +48,12 @@ def measure(shape: dict, variant: str, prompt_len: int, batch: int, decode_token
         stats = timing.interleaved({"decode": decode}, device, max(1, iters // 2), warmup=1)["decode"]
         row["decode_tokens_per_s"] = batch * decode_tokens / (stats["median_ms"] / 1e3)
         row["decode_ms_per_token"] = stats["median_ms"] / decode_tokens
+        # Eager decoding at small batch is bound by the host (hundreds of kernel launches per
+        # token), so the wall rate compares launch overheads more than models; the kernels' own
+        # GPU time per token is the rate the card allows (what CUDA graphs would approach).
+        gpu_ms = timing.kernel_ms(decode, device)
+        if gpu_ms is not None:
+            row["decode_kernel_ms_per_token"] = gpu_ms / decode_tokens
         row["cache_gb_after_decode"] = _cache_bytes(caches) / 2**30
         if device.type == "cuda":
             row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30

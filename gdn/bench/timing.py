@@ -47,3 +47,19 @@ def interleaved(candidates: dict[str, Callable[[], object]], device: torch.devic
         for name in order:
             samples[name].append(_time_once(candidates[name], device))
     return {name: summarize(s) for name, s in samples.items()}
+
+
+def kernel_ms(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Milliseconds the GPU spends in the kernels one call of `fn` launches (torch.profiler,
+    kernel records only), None off CUDA. Against the wall time it tells how much of a step is
+    the host's: launching many small kernels one by one, as eager decoding does."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
+    return sum(e.self_device_time_total for e in prof.key_averages()
+               if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3

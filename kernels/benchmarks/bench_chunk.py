@@ -188,7 +188,6 @@ SWEEP_VARIANTS = {
     "state_warps8": {"state_warps": 8},
     "state_stages1": {"state_stages": 1},
     "state_stages3": {"state_stages": 3},
-    "output_bv32": {"output_block_v": 32},
     "output_bv128": {"output_block_v": 128},
     "output_warps8": {"output_warps": 8},
     "prep_warps8": {"prep_warps_small_k": 8},
@@ -317,7 +316,7 @@ def main():
 
     rows = []
     result = {"kind": "kernel_bench", "device": device, "torch": torch.__version__, "triton": triton.__version__,
-              "fla": fla_version, "commit": git_commit(), "rows": rows}
+              "fla": fla_version, "commit": git_commit(), "status": "running", "rows": rows}
     if sweep_rows:
         result["launch_sweep"] = sweep_rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -339,6 +338,8 @@ def main():
             suffix = f"  [{row_note}]" if row_note else ""
             print(f"{name:14s} {shape}: fwd {fmt(fwd)} ms, fwd+bwd {fmt(fb)} ms{suffix}")
 
+    result["status"] = "completed"  # a run cut short leaves "running"
+    args.out.write_text(json.dumps(result, indent=1))
     print()
     print_table(rows)
 

@@ -166,7 +166,11 @@ def chunk_forward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, h0, st
     )
 
     o = torch.empty_like(v)
-    BV_out = _block(V, LAUNCH.output_block_v)
+    # Never narrower than 64: on an H200 with Triton 3.6 the output kernel faults (an illegal
+    # address) with 16-wide tiles, with 32-wide tiles at V = 32 or V = 256 or with 8 warps, while
+    # 64-wide tiles are right at every V measured (kernels/NOTES.md). A value head narrower than
+    # 64 gets a 64-wide tile masked to V.
+    BV_out = max(64, _block(V, LAUNCH.output_block_v))
     output_fwd_kernel[(layout.n_chunks, H, triton.cdiv(V, BV_out))](
         q, k, v_new, g_cum, h, o, layout.chunk_index, layout.cu_seqlens, float(scale),
         H=H, K=K, V=V, BK=BK, BV=BV_out, C=C, USE_L2=use_l2, DOT_PREC=prec,

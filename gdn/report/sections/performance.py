@@ -40,6 +40,52 @@ def throughput_ratios(throughput) -> list[dict]:
     return out
 
 
+# The kernel issue's targets: our chunked gated delta rule against fla's chunk_gated_delta_rule,
+# and against causal SDPA at the longest sequence. Inference: GDN decode against the Transformer's
+# at the longest prompt.
+KERNEL_TARGETS = {"fla_fwd": 1.5, "fla_fwdbwd": 1.3, "sdpa_fwdbwd_longest": 1.0}
+DECODE_TARGET = 2.0
+
+
+def kernel_ratios(kernels) -> list[dict]:
+    """Per kernel-benchmark shape: fla / ours and SDPA / ours times (above 1: ours faster)."""
+    out = []
+    keys = ["B", "T", "H", "K", "V"]
+    longest = int(kernels["T"].max())
+    for shape, group in kernels.groupby(keys, sort=False):
+        by = {r["impl"]: r for r in group.to_dict("records")}
+        out.append({"shape": "(" + ", ".join(str(int(v)) for v in shape) + ")", "longest": int(shape[1]) == longest,
+                    **{f"{impl}_{name}": _time_ratio(by, impl, column)
+                       for impl in ("fla", "sdpa") for name, column in (("fwd", "fwd_ms"), ("fwdbwd", "fwdbwd_ms"))}})
+    return out
+
+
+def _time_ratio(rows_by_impl: dict, impl: str, column: str):
+    """rows_by_impl[impl][column] / rows_by_impl["ours"][column], None where either is missing."""
+    theirs, ours = rows_by_impl.get(impl, {}).get(column), rows_by_impl.get("ours", {}).get(column)
+    ok = theirs is not None and ours is not None and theirs == theirs and ours == ours and ours > 0
+    return theirs / ours if ok else None
+
+
+def decode_ratios(inference) -> list[dict]:
+    """Per (shape, prompt, batch): GDN+μP / Transformer+μP decode tokens/s, from the wall time and
+    from the kernels' GPU time per token (where recorded)."""
+    ok = inference[inference["status"] == "ok"]
+    out = []
+    for (shape, prompt, batch), group in ok.groupby(["shape", "prompt_len", "batch"], sort=True):
+        by = {r["variant"]: r for r in group.to_dict("records")}
+        gdn, transformer = by.get("gdn_mup"), by.get("transformer_mup")
+        if not gdn or not transformer:
+            continue
+        kernel = None
+        g_ms, t_ms = gdn.get("decode_kernel_ms_per_token"), transformer.get("decode_kernel_ms_per_token")
+        if g_ms and t_ms and g_ms == g_ms and t_ms == t_ms:
+            kernel = t_ms / g_ms
+        out.append({"shape": shape, "prompt": int(prompt), "batch": int(batch),
+                    "wall": gdn["decode_tokens_per_s"] / transformer["decode_tokens_per_s"], "kernel": kernel})
+    return out
+
+
 def build(con, ctx):
     suites = _rows(con, "bench_suites")
     if suites is None:
@@ -59,5 +105,10 @@ def build(con, ctx):
                            throughput_ratios=(throughput_ratios(parts["throughput"])
                                               if parts.get("throughput") is not None else None),
                            inference=parts.get("inference"), kernels=kernels,
+                           kernel_ratios=kernel_ratios(kernels) if kernels is not None else None,
+                           kernel_targets=KERNEL_TARGETS,
+                           decode_ratios=(decode_ratios(parts["inference"])
+                                          if parts.get("inference") is not None else None),
+                           decode_target=DECODE_TARGET,
                            claimed_overhead=CLAIMED_OVERHEAD["gating_normalization_forward_overhead"],
                            claimed_inference=CLAIMED_INFERENCE_1B)}
