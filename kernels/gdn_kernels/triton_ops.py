@@ -14,6 +14,7 @@ import dataclasses
 import warnings
 
 import torch
+import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
@@ -23,6 +24,15 @@ from gdn_kernels.triton_common import CHUNK
 from gdn_kernels.triton_decode import decode_step_kernel
 
 MAX_HEAD_DIM = 256
+# On an H200 with Triton 3.6, head dimensions below 64 fault (an illegal address) in the chunk
+# kernels: value heads of 16 and 32 (kernels/NOTES.md). On CUDA such heads are zero-padded to 64,
+# which leaves every result unchanged (a zero key component adds nothing to the norms, the
+# products or the state; a zero value column stays zero) and is cut off again afterwards.
+MIN_HEAD_DIM_ON_GPU = 64
+
+
+def _head_padding(dim: int, device: torch.device) -> int:
+    return max(0, MIN_HEAD_DIM_ON_GPU - dim) if device.type == "cuda" else 0
 
 
 @dataclasses.dataclass
@@ -291,11 +301,19 @@ def gated_delta_rule(
     _check_shapes(q, k, v, a, b)
     if not (q.dtype == k.dtype == v.dtype):
         q, k = q.to(v.dtype), k.to(v.dtype)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    K, V = q.shape[-1], v.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    pad_k, pad_v = _head_padding(K, q.device), _head_padding(V, q.device)
+    if pad_k or pad_v:
+        q, k, v = F.pad(q, (0, pad_k)), F.pad(k, (0, pad_k)), F.pad(v, (0, pad_v))
+        if initial_state is not None:
+            initial_state = F.pad(initial_state, (0, pad_v, 0, pad_k))
     o, ht = ChunkGatedDeltaRule.apply(
         q, k, v, a, b, A_log, dt_bias, initial_state, cu_seqlens,
         a_scale, b_scale, scale, output_final_state, use_qk_l2norm,
     )
+    if pad_k or pad_v:
+        o, ht = o[..., :V], (None if ht is None else ht[..., :K, :V])
     return o, (ht if output_final_state else None)
 
 
@@ -310,6 +328,14 @@ def gated_delta_rule_step(
     if max(K, V) > MAX_HEAD_DIM:
         raise ValueError(f"head dims up to {MAX_HEAD_DIM} are supported, got K={K}, V={V}")
     scale = K**-0.5 if scale is None else scale
+    pad_k, pad_v = _head_padding(K, q.device), _head_padding(V, q.device)
+    if pad_k or pad_v:
+        o, new_state = gated_delta_rule_step(
+            F.pad(q, (0, pad_k)), F.pad(k, (0, pad_k)), F.pad(v, (0, pad_v)), a, b, A_log, dt_bias,
+            F.pad(state, (0, pad_v, 0, pad_k)), a_scale=a_scale, b_scale=b_scale, scale=scale,
+            use_qk_l2norm=use_qk_l2norm,
+        )
+        return o[..., :V].contiguous(), new_state[..., :K, :V].contiguous()
     q, k, v, a, b, state = (x.contiguous() for x in (q, k, v, a, b, state))
     new_state = torch.empty_like(state)
     o = torch.empty_like(v)

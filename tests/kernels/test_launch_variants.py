@@ -13,6 +13,7 @@ import dataclasses
 import pytest
 from gdn_kernels import triton_ops
 
+from tests.kernels import test_triton_gdn as main_tests
 from tests.kernels.test_triton_gdn import DTYPES, ON_GPU, check_against_reference, make_inputs
 
 # Wide state tiles: with the SM count taken as 1 the state kernels keep their first-choice
@@ -39,11 +40,22 @@ def test_launch_variant_matches_fp64(variant, monkeypatch):
     check_against_reference(x, dtype, a_scale=1.3, b_scale=0.7)
 
 
-# Value heads narrower than the kernels' 64-wide output tile (masked to V). On an H200 with
-# Triton 3.6 the output kernel faulted at V = 32 before its tile was held at 64 or wider.
-@pytest.mark.parametrize("V", [16, 32])
-def test_value_heads_narrower_than_a_tile(V):
+# Heads narrower than 64. On an H200 with Triton 3.6 the chunk kernels faulted (an illegal
+# address) at value heads of 16 and 32, so on CUDA such heads are zero-padded to 64 and cut back.
+# On the CPU the interpreter runs them unpadded, and again with the padding forced on, so the
+# padding's own algebra (outputs, state and every gradient unchanged) is checked here too.
+@pytest.mark.parametrize("padded", [True] if ON_GPU else [False, True], ids=lambda p: "padded" if p else "unpadded")
+@pytest.mark.parametrize("K, V", [(128, 16), (128, 32), (32, 64)] if ON_GPU else [(16, 16), (8, 32)])
+def test_heads_narrower_than_64(K, V, padded, monkeypatch):
+    if padded and not ON_GPU:
+        monkeypatch.setattr(triton_ops, "_head_padding", lambda dim, device: max(0, 64 - dim))
     dtype = DTYPES[0]
-    B, T, H, K = (2, 300, 4, 128) if ON_GPU else (1, 70, 2, 16)
+    B, T, H = (2, 300, 4) if ON_GPU else (1, 70, 2)
     x = make_inputs(B, T, H, K, V, dtype, n_states=B)
     check_against_reference(x, dtype, a_scale=1.3, b_scale=0.7)
+
+
+@pytest.mark.skipif(ON_GPU, reason="forces on the CPU the padding CUDA applies to narrow heads")
+def test_decode_with_padded_heads(monkeypatch):
+    monkeypatch.setattr(triton_ops, "_head_padding", lambda dim, device: max(0, 64 - dim))
+    main_tests.test_decode_steps_continue_a_chunked_prefill(DTYPES[0])
