@@ -88,6 +88,12 @@ def test_short_conv_is_a_causal_depthwise_convolution_and_carries_its_tail():
     y1, tail = conv(x[:, :5])
     y2, _ = conv(x[:, 5:], tail)
     torch.testing.assert_close(torch.cat([y1, y2], dim=1), expected)
+    # One token at a time (the decoding path), each fed the previous tail: the same output.
+    steps, tail = [], None
+    for t in range(x.shape[1]):
+        y_t, tail = conv(x[:, t : t + 1], tail)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected)
 
 
 def test_readout_is_padded_for_alignment_but_logits_and_counts_are_the_vocabulary(tiny_spec):

@@ -14,9 +14,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        # x * rsqrt(mean(x^2) + eps) * weight in float32; F.rms_norm is one fused kernel on CUDA
+        # where the spelled-out form launches six (it matters when decoding one token at a time).
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 class GatedRMSNorm(RMSNorm):
