@@ -111,7 +111,9 @@ def bench_tables(bench_files: list[str]) -> dict[str, pd.DataFrame]:
         table = "kernel_bench" if payload.get("kind") == "kernel_bench" else "bench"
         rows[table] += rows_file(f)
         suites.append({"suite": payload.get("suite", table), "kind": payload.get("kind"),
-                       "status": payload.get("status", "completed"), "reason": payload.get("reason"),
+                       "status": payload.get("status", "completed"),
+                       # why a suite was skipped, or how a file was assembled (its "note")
+                       "reason": payload.get("reason") or payload.get("note"),
                        "device": payload.get("device"), "commit": payload.get("commit"), "source_file": str(f)})
     out = {name: _frame(r) for name, r in rows.items()}
     out["bench_suites"] = _frame(suites, ["suite", "kind", "status", "reason", "device", "commit", "source_file"])

@@ -143,3 +143,14 @@ def test_decode_ratios_pair_models_at_one_prompt_and_batch_and_skip_failed_rows(
     short, long = decode_ratios(frame)
     assert (short["prompt"], short["wall"], short["kernel"]) == (2048, 1.5, 1.5)
     assert (long["prompt"], long["wall"], long["kernel"]) == (16384, 2.5, None)
+
+
+def test_a_bench_files_note_reaches_the_suite_table(tmp_path):
+    from gdn.db import bench_tables
+
+    path = tmp_path / "kernels.json"
+    path.write_text(json.dumps({"kind": "kernel_bench", "suite": "kernels", "device": "GPU", "status": "completed",
+                                "note": "assembled from two processes", "rows": [{"impl": "ours", "fwd_ms": 1.0}]}))
+    tables = bench_tables([str(path)])
+    assert tables["bench_suites"]["reason"].tolist() == ["assembled from two processes"]
+    assert tables["kernel_bench"]["fwd_ms"].tolist() == [1.0]
