@@ -154,3 +154,25 @@ def test_a_bench_files_note_reaches_the_suite_table(tmp_path):
     tables = bench_tables([str(path)])
     assert tables["bench_suites"]["reason"].tolist() == ["assembled from two processes"]
     assert tables["kernel_bench"]["fwd_ms"].tolist() == [1.0]
+
+
+def test_inference_retries_in_segments_when_the_whole_prompt_runs_out_of_memory(monkeypatch):
+    from gdn.bench import inference
+
+    calls, real = [], inference._prefill_and_decode
+
+    def whole_prompt_runs_out(model, ids, segment, *args):
+        calls.append(segment)
+        if segment is None:
+            raise torch.OutOfMemoryError("the whole prompt does not fit")
+        return real(model, ids, segment, *args)
+
+    monkeypatch.setattr(inference, "_prefill_and_decode", whole_prompt_runs_out)
+    cpu = torch.device("cpu")
+    row = inference.measure(SHAPE, "gdn_mup", 32, 2, 4, cpu, iters=1, vocab_size=64, segment_on_oom=8)
+    assert calls == [None, 8] and row["status"] == "ok" and row["prefill_segment_len"] == 8
+    assert "segments of 8" in row["note"] and row["decode_tokens_per_s"] > 0
+    calls.clear()
+    # The Transformer cannot prefill in segments: its row records the out-of-memory.
+    row = inference.measure(SHAPE, "transformer_mup", 32, 2, 4, cpu, iters=1, vocab_size=64, segment_on_oom=8)
+    assert calls == [None] and row["status"] == "out of memory" and "prefill_segment_len" not in row

@@ -28,6 +28,27 @@ def test_decode_continues_prefill_exactly(tiny_spec):
             torch.testing.assert_close(logits, full[:, t], rtol=1e-4, atol=1e-5)
 
 
+def test_gdn_prefill_in_segments_matches_one_pass_and_the_transformer_refuses(tiny_spec):
+    import pytest
+
+    gdn = build_model(tiny_spec, "gdn_mup", 32, vocab_size=50, seed=1).model.eval()
+    torch.nn.init.normal_(gdn.lm_head.weight)  # μP zero-inits the readout; make logits non-trivial
+    x = torch.randint(0, 50, (2, 37))
+    whole, whole_cache = gdn.prefill(x)
+    # 16 + 16 + 5 tokens (chunked continuations), and 12 + 12 + 12 + 1 (the last one a decode step).
+    for segment in (16, 12):
+        logits, cache = gdn.prefill(x, segment_len=segment)
+        torch.testing.assert_close(logits, whole, rtol=1e-4, atol=1e-5)
+        for layer, ref in zip(cache, whole_cache, strict=True):
+            torch.testing.assert_close(layer["state"], ref["state"], rtol=1e-4, atol=1e-5)
+            for tail, ref_tail in zip(layer["conv"], ref["conv"], strict=True):
+                torch.testing.assert_close(tail, ref_tail)
+    transformer = build_model(tiny_spec, "transformer_mup", 32, vocab_size=50, seed=1).model.eval()
+    with pytest.raises(ValueError, match="cannot prefill in segments"):
+        transformer.prefill(x, segment_len=16)
+    transformer.prefill(x, segment_len=64)  # a segment longer than the prompt is one pass
+
+
 def test_save_and_reload_through_auto_classes(tmp_path, tiny_spec):
     for variant in ("transformer_mup", "gdn_mup"):
         built = build_model(tiny_spec, variant, 64, vocab_size=61, seed=2)

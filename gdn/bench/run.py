@@ -57,7 +57,8 @@ def run_suite(suite: str, settings: dict, device: torch.device):
                     for batch in section.get("batches", [1]):
                         yield [inference.measure(_shape(settings, name), variant, prompt, batch,
                                                  section.get("decode_tokens", 32), device,
-                                                 section.get("iters", 3), vocab)]
+                                                 section.get("iters", 3), vocab,
+                                                 segment_on_oom=section.get("prefill_segment_on_oom", 2048))]
     else:
         raise ValueError(f"unknown bench suite {suite!r}; choose one of {SUITES}")
 

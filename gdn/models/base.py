@@ -107,10 +107,29 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
             block.compile(**options)
         self._loss_fn = torch.compile(next_token_loss, **options)
 
+    # Whether the prompt can be run in segments with the cache carried between them (a recurrent
+    # model's state can; the Transformer's attention needs every earlier key at once).
+    supports_segmented_prefill = False
+
     @torch.no_grad()
-    def prefill(self, input_ids):
-        """Runs the prompt; returns (logits of the last position [B, V], cache)."""
-        h, caches = self.hidden_states(input_ids, caches=[self.empty_cache() for _ in self.blocks])
+    def prefill(self, input_ids, segment_len: int | None = None):
+        """Runs the prompt; returns (logits of the last position [B, V], cache).
+
+        With `segment_len`, the prompt runs `segment_len` tokens at a time, each segment
+        continuing from the cache the previous one left: the same result, with the transient
+        memory of one segment instead of the whole prompt."""
+        caches = [self.empty_cache() for _ in self.blocks]
+        T = input_ids.shape[1]
+        if segment_len is None or segment_len >= T:
+            h, caches = self.hidden_states(input_ids, caches=caches)
+            return self.readout(h[:, -1]), caches
+        if not self.supports_segmented_prefill:
+            raise ValueError(f"{type(self).__name__} cannot prefill in segments: its attention needs the whole "
+                             f"prompt at once (segment_len={segment_len}, prompt of {T} tokens)")
+        if segment_len < 1:
+            raise ValueError(f"segment_len must be at least 1, got {segment_len}")
+        for start in range(0, T, segment_len):
+            h, caches = self.hidden_states(input_ids[:, start : start + segment_len], caches=caches)
         return self.readout(h[:, -1]), caches
 
     @torch.no_grad()

@@ -141,6 +141,7 @@ class GatedDeltaNetMixer(nn.Module):
 
 class GatedDeltaNetLM(CausalLMBase):
     config_class = GatedDeltaNetLMConfig
+    supports_segmented_prefill = True  # the recurrent state and the convolution tails carry over
 
     def make_mixer(self, config, layer_idx):
         return GatedDeltaNetMixer(config)
