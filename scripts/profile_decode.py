@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.profiler import ProfilerActivity, profile
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "kernels")]
@@ -24,16 +23,13 @@ from gdn.bench import shapes  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--shape", required=True)
-    parser.add_argument("--variants", nargs="+", required=True)
+    shapes.shape_arguments(parser)
     parser.add_argument("--prompt", type=int, default=16384)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rows", type=int, default=15)
     args = parser.parse_args()
-    bench = yaml.safe_load(args.config.read_text())["bench"]
-    shape = {"name": args.shape, **bench["shapes"][args.shape]}
+    shape, bench = shapes.named_shape(args.config, args.shape)
     device = torch.device("cuda")
     vocab = bench.get("vocab_size", 50257)
     for variant in args.variants:

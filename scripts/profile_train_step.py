@@ -12,26 +12,22 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 from torch.profiler import ProfilerActivity, profile
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "kernels")]
 
-from gdn.bench import throughput  # noqa: E402
+from gdn.bench import shapes, throughput  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--shape", required=True)
-    parser.add_argument("--variants", nargs="+", required=True)
+    shapes.shape_arguments(parser)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--tokens-per-step", type=int, default=16384)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
-    bench = yaml.safe_load(args.config.read_text())["bench"]
-    shape = {"name": args.shape, **bench["shapes"][args.shape]}
+    shape, bench = shapes.named_shape(args.config, args.shape)
     device = torch.device("cuda")
     batch = max(1, shape.get("tokens_per_step", args.tokens_per_step) // args.seq_len)
     for variant in args.variants:

@@ -176,3 +176,18 @@ def test_inference_retries_in_segments_when_the_whole_prompt_runs_out_of_memory(
     # The Transformer cannot prefill in segments: its row records the out-of-memory.
     row = inference.measure(SHAPE, "transformer_mup", 32, 2, 4, cpu, iters=1, vocab_size=64, segment_on_oom=8)
     assert calls == [None] and row["status"] == "out of memory" and "prefill_segment_len" not in row
+
+
+def test_profiling_scripts_find_a_named_shape_or_name_the_ones_there_are(tmp_path):
+    from gdn.bench.shapes import named_shape
+
+    config = tmp_path / "tier.yaml"
+    config.write_text("bench:\n  vocab_size: 64\n  shapes:\n    tiny: {width: 32, n_layers: 1}\n")
+    shape, bench = named_shape(config, "tiny")
+    assert shape == {"name": "tiny", "width": 32, "n_layers": 1} and bench["vocab_size"] == 64
+    with pytest.raises(SystemExit, match=r"no '1B' \(it has \['tiny'\]\)"):
+        named_shape(config, "1B")
+    for script in ("profile_decode.py", "profile_train_step.py"):
+        done = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0 and "--shape" in done.stdout, done.stderr
