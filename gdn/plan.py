@@ -5,7 +5,7 @@ confirmation runs, including confirmation runs whose learning rate is not known 
 does not depend on it). GPU-hours are estimates: tokens per cell divided by a per-GPU training
 throughput, from
 
-  measured   results/bench/*/throughput.json rows (`snakemake --configfile ... results/bench/<tier>/throughput.json`)
+  measured   results/bench/*/throughput*.json rows (`snakemake results/bench/<tier>/throughput-<shape>.json ...`)
   given      --tokens-per-s: a throughput.json file, one number for every cell, or WIDTH=TOKENS_PER_S pairs
 
 A cell whose model was not measured gets the achieved FLOP/s of the nearest measured model of
@@ -289,9 +289,9 @@ def transferred_lrs(config: dict, runs: pd.DataFrame) -> dict[str, float | None]
 def add_arguments(parser) -> None:
     parser.add_argument("--configfile", default="config/config.yaml")
     parser.add_argument("--tokens-per-s", nargs="+", metavar="FILE_OR_VALUE",
-                        help="used when results/bench/*/throughput.json has no rows: a throughput.json file, "
+                        help="used when results/bench/*/throughput*.json has no rows: a throughput.json file, "
                              "one tokens/s per GPU for every cell, or WIDTH=TOKENS_PER_S pairs")
-    parser.add_argument("--bench", default="results/bench/*/throughput.json",
+    parser.add_argument("--bench", default="results/bench/*/throughput*.json",
                         help="glob of measured throughput files (default: %(default)s)")
     parser.add_argument("--scaling-efficiency", type=float, default=1.0,
                         help="per-GPU throughput of multi-GPU jobs relative to one GPU (default 1.0, linear; "

@@ -83,6 +83,15 @@ def test_each_suite_is_a_cell_of_its_own(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     stats = done.stdout[done.stdout.rindex("Job stats:"):]
     assert re.search(r"^bench\s+1$", stats, re.M) and re.search(r"^total\s+1$", stats, re.M), stats
+    # Throughput is one cell per shape; the job names its shape.
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(tmp_path), "bench_all", "--configfile", str(REPO / "config/config.yaml"),
+                           str(REPO / "config/bench-only.yaml")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for cell in ("overhead", "throughput-quick", "inference", "kernels"):
+        assert f"results/bench/quick/{cell}.json" in done.stdout, cell
+    assert "--suite throughput --shape quick " in done.stdout
 
 
 def test_throughput_ratios_pair_rows_of_one_shape_length_and_compile_setting():
@@ -191,3 +200,16 @@ def test_profiling_scripts_find_a_named_shape_or_name_the_ones_there_are(tmp_pat
         done = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"],
                               capture_output=True, text=True)
         assert done.returncode == 0 and "--shape" in done.stdout, done.stderr
+
+
+def test_one_shape_of_a_suite(tmp_path):
+    settings = {"bench": {"shapes": {"tiny": SHAPE, "other": {**SHAPE, "name": "other"}},
+                          "overhead": {"shapes": ["tiny", "other"], "iters": 1}}}
+    out = tmp_path / "overhead.json"
+    base = [sys.executable, "-m", "gdn", "bench", "--suite", "overhead", "--config-json", json.dumps(settings),
+            "--device", "cpu", "--out", str(out)]
+    subprocess.run(base + ["--shape", "other"], check=True, cwd=REPO, capture_output=True)
+    payload = json.loads(out.read_text())
+    assert {r["shape"] for r in payload["rows"]} == {"other"} and payload["settings"]["shapes"] == ["other"]
+    done = subprocess.run(base + ["--shape", "1B"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode != 0 and "'1B' is not one of the overhead suite's shapes" in done.stderr

@@ -68,6 +68,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config-json", required=True, help='JSON with the tier config\'s "bench" section')
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--shape", default=None,
+                        help="measure only this one of the suite's shapes (the pipeline's per-shape cells)")
     parser.add_argument("--lock", type=Path, default=None,
                         help="lock file shared by benchmarks that must not run at the same time")
 
@@ -81,6 +83,12 @@ def run(args) -> int:
 
 def _run_model_suite(args) -> int:
     settings = json.loads(args.config_json).get("bench") or {}
+    if args.shape is not None:
+        section = dict(settings.get(args.suite) or {})
+        if args.shape not in section.get("shapes", []):
+            raise SystemExit(f"--shape {args.shape!r} is not one of the {args.suite} suite's shapes "
+                             f"{section.get('shapes', [])}")
+        settings = {**settings, args.suite: {**section, "shapes": [args.shape]}}
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
     payload = {"kind": "bench", "suite": args.suite, "commit": provenance.git_commit(),

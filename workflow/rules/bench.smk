@@ -5,8 +5,10 @@
 BENCH_CFG = config.get("bench") or {}
 BENCH_DIR = f"results/bench/{TIER}"
 BENCH_LOCK = "results/bench/.one-at-a-time.lock"
-BENCH_SUITES = [s for s in ("overhead", "throughput", "inference") if BENCH_CFG.get(s)]
-ALL_BENCH = [f"{BENCH_DIR}/{suite}.json" for suite in BENCH_SUITES]
+# Training throughput takes longest, so it is one cell per shape: throughput-<shape>.json.
+ALL_BENCH = [f"{BENCH_DIR}/overhead.json"] if BENCH_CFG.get("overhead") else []
+ALL_BENCH += [f"{BENCH_DIR}/throughput-{shape}.json" for shape in (BENCH_CFG.get("throughput") or {}).get("shapes", [])]
+ALL_BENCH += [f"{BENCH_DIR}/inference.json"] if BENCH_CFG.get("inference") else []
 # By default the benchmarks wait for every other job of the tier, so nothing shares the GPU while
 # they time it. `bench: {after_all_jobs: false}` (config/bench-only.yaml) runs them on their own:
 # `snakemake bench_all --configfile config/study.yaml config/bench-only.yaml`.
@@ -16,24 +18,28 @@ if BENCH_CFG.get("kernels"):
 
 
 rule bench:
+    # A cell is a suite (overhead, inference, kernels) or a suite and a shape (throughput-125M).
     input:
         BENCH_AFTER,
     output:
-        f"{BENCH_DIR}/{{suite}}.json",
+        f"{BENCH_DIR}/{{cell}}.json",
     log:
-        f"results/logs/{TIER}/bench-{{suite}}.log",
+        f"results/logs/{TIER}/bench-{{cell}}.log",
     wildcard_constraints:
-        suite="overhead|throughput|inference|kernels",
+        cell=r"overhead|inference|kernels|throughput-[^/]+",
     params:
         python=PYTHON,
         device=config["device"],
         cfg=json_arg("bench"),
         lock=BENCH_LOCK,
+        suite=lambda wildcards: wildcards.cell.split("-", 1)[0],
+        shape_option=lambda wildcards: (
+            f"--shape {shlex.quote(wildcards.cell.split('-', 1)[1])}" if "-" in wildcards.cell else ""
+        ),
     resources:
         gpu=GPU_PER_JOB,
     conda:
         CONDA_ENV
     shell:
-        "{params.python} -m gdn bench --suite {wildcards.suite} --config-json {params.cfg} --device {params.device}"
-        " --lock {params.lock} --out {output} > {log} 2>&1"
-
+        "{params.python} -m gdn bench --suite {params.suite} {params.shape_option} --config-json {params.cfg}"
+        " --device {params.device} --lock {params.lock} --out {output} > {log} 2>&1"
