@@ -199,26 +199,48 @@ SWEEP_VARIANTS = {
 }
 
 
-def sweep_launch(shape, gain=0.02):
+def time_variant(change: dict, shape) -> dict:
+    """One launch variant in this process: its float64 check (largest relative error over o,
+    the final state and every gradient) and its times at `shape`."""
+    triton_ops.LAUNCH = dataclasses.replace(triton_ops.LAUNCH, **change)
+    errors = fp64_gradient_check(run_ours, "variant")
+    fwd, fb = time_pair(run_ours, make_inputs, shape)
+    return {"max_rel_err": max(errors.values()), "fwd_ms": fwd, "fwdbwd_ms": fb}
+
+
+def sweep_launch(shape, gain=0.02, timeout_s=240):
     """Forward and forward+backward time of single launch changes at one shape, then of the
     changes that each gained more than `gain` of the default's forward+backward time, combined
-    (the best value per field). Returns the rows for the JSON."""
-    base = dataclasses.replace(triton_ops.LAUNCH)
+    (the best value per field). Each variant runs in a process of its own, float64-checked
+    first: a launch that faults (Triton 3.6 on Hopper did, kernels/NOTES.md) leaves its CUDA
+    context unusable, and would otherwise end the sweep. Returns the rows for the JSON."""
     rows = []
 
     def measure(name, change):
-        triton_ops.LAUNCH = dataclasses.replace(base, **change)
-        triton_ops._FITTING.clear()
+        cmd = [sys.executable, __file__, "--out", os.devnull, "--variant", json.dumps(change),
+               "--variant-shape", *map(str, shape)]
+        row = {"variant": name, "change": change, "shape": list(shape), "fwd_ms": None, "fwdbwd_ms": None}
         try:
-            fwd, fb = time_pair(run_ours, make_inputs, shape)
-            print(f"  {name:14s} fwd {fwd:.3f} ms  fwd+bwd {fb:.3f} ms")
-        except Exception as err:  # a variant may exceed shared memory or registers
-            fwd = fb = None
-            print(f"  {name:14s} failed: {type(err).__name__}: {str(err)[:120]}")
-        rows.append({"variant": name, "change": change, "shape": list(shape), "fwd_ms": fwd, "fwdbwd_ms": fb})
-        return fb
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            lines = done.stdout.strip().splitlines()
+            if done.returncode != 0 or not lines:
+                tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                row["error"] = f"exit {done.returncode}: {tail[:200]}"
+            else:
+                row.update(json.loads(lines[-1]))
+        except subprocess.TimeoutExpired:
+            row["error"] = f"no result within {timeout_s} s"
+        except json.JSONDecodeError:
+            row["error"] = f"unexpected output: {lines[-1][:200]}"
+        rows.append(row)
+        if row["fwdbwd_ms"] is not None:
+            print(f"  {name:14s} fwd {row['fwd_ms']:.3f} ms  fwd+bwd {row['fwdbwd_ms']:.3f} ms"
+                  f"  (float64 check: max rel. error {row['max_rel_err']:.1e})")
+        else:
+            print(f"  {name:14s} failed: {row['error']}")
+        return row["fwdbwd_ms"]
 
-    print(f"launch sweep at {shape} (default {dataclasses.asdict(base)}):")
+    print(f"launch sweep at {shape} (default {dataclasses.asdict(triton_ops.LAUNCH)}):")
     default = measure("default", {})
     if default is not None:
         best: dict[str, tuple[float, object]] = {}
@@ -230,8 +252,6 @@ def sweep_launch(shape, gain=0.02):
                         best[field] = (fb, value)
         if len(best) > 1:
             measure("combined", {field: value for field, (_, value) in best.items()})
-    triton_ops.LAUNCH = base
-    triton_ops._FITTING.clear()
     return rows
 
 
@@ -279,6 +299,8 @@ def main():
                         help="try launch variants at the two (8, 2048) shapes before the table")
     parser.add_argument("--shapes", type=int, nargs="+", default=None, metavar="I",
                         help="indices into the shape list to time (default: all)")
+    parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # one sweep variant (JSON), internal
+    parser.add_argument("--variant-shape", type=int, nargs=5, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         # The pipeline's bench rule runs this on every machine: say why there are no rows.
@@ -289,6 +311,9 @@ def main():
         print(f"{args.out}: skipped (no CUDA GPU)")
         return
     torch.backends.cuda.matmul.allow_tf32 = False
+    if args.variant is not None:
+        print(json.dumps(time_variant(json.loads(args.variant), tuple(args.variant_shape))))
+        return
 
     fla_fn, fla_version, fla_note = load_fla()
     device = torch.cuda.get_device_name()
