@@ -213,3 +213,13 @@ def test_one_shape_of_a_suite(tmp_path):
     assert {r["shape"] for r in payload["rows"]} == {"other"} and payload["settings"]["shapes"] == ["other"]
     done = subprocess.run(base + ["--shape", "1B"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode != 0 and "'1B' is not one of the overhead suite's shapes" in done.stderr
+
+
+def test_kernels_suite_refuses_a_shape_and_honours_device_cpu(tmp_path):
+    out = tmp_path / "kernels.json"
+    base = [sys.executable, "-m", "gdn", "bench", "--suite", "kernels", "--config-json", "{}", "--out", str(out)]
+    done = subprocess.run(base + ["--shape", "1B"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode != 0 and "--shape does not apply to the kernels suite" in done.stderr
+    subprocess.run(base + ["--device", "cpu"], check=True, cwd=REPO, capture_output=True)
+    payload = json.loads(out.read_text())
+    assert payload["suite"] == "kernels" and payload["status"] == "skipped" and payload["rows"] == []
