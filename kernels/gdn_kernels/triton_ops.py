@@ -24,8 +24,8 @@ from gdn_kernels.triton_common import CHUNK
 from gdn_kernels.triton_decode import decode_step_kernel
 
 MAX_HEAD_DIM = 256
-# On an H200 with Triton 3.6, head dimensions below 64 fault (an illegal address) in the chunk
-# kernels: value heads of 16 and 32 (kernels/NOTES.md). On CUDA such heads are zero-padded to 64,
+# On an H200 with Triton 3.6, narrow heads fault (an illegal address) in the chunk kernels: value
+# heads of 16 and 32 with K = 128 (kernels/NOTES.md). On CUDA heads below 64 are zero-padded to 64,
 # which leaves every result unchanged (a zero key component adds nothing to the norms, the
 # products or the state; a zero value column stays zero) and is cut off again afterwards.
 MIN_HEAD_DIM_ON_GPU = 64
