@@ -223,3 +223,13 @@ def test_kernels_suite_refuses_a_shape_and_honours_device_cpu(tmp_path):
     subprocess.run(base + ["--device", "cpu"], check=True, cwd=REPO, capture_output=True)
     payload = json.loads(out.read_text())
     assert payload["suite"] == "kernels" and payload["status"] == "skipped" and payload["rows"] == []
+
+
+def test_bench_parameter_counts_leave_out_the_readout_padding():
+    from gdn.bench.shapes import parameter_counts
+
+    model = build(SHAPE, "gdn_mup", 100, torch.device("cpu"), torch.float32)  # 100 rows padded to 128
+    assert model.lm_head.out_features == 128
+    counts = parameter_counts(model)
+    assert counts == model.num_parameters_split()
+    assert counts["total"] == sum(p.numel() for p in model.parameters()) - 28 * model.config.d_model

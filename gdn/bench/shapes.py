@@ -22,7 +22,11 @@ def build(shape: dict, variant: str, vocab_size: int, device: torch.device, dtyp
 
 
 def parameter_counts(model) -> dict:
-    """Total and non-embedding parameters (the input embedding is the one left out)."""
+    """Total and non-embedding parameters (the input embedding is the one left out). Our models
+    count themselves (the readout's alignment-padding rows never act and are not counted); an
+    outside reference model (fla's) is counted parameter by parameter."""
+    if hasattr(model, "num_parameters_split"):
+        return model.num_parameters_split()
     total = sum(p.numel() for p in model.parameters())
     return {"total": total, "non_embedding": total - model.get_input_embeddings().weight.numel()}
 
