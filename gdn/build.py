@@ -106,11 +106,11 @@ def build_model(spec: dict, variant_name: str, width: int, vocab_size: int, seed
     readout_zero = spec.get("readout_zero_init", True) and variant.parametrization != "sp"
     if exact_init:
         model = FAMILIES[family][1](config)
-        P.initialize(model, infos, spec["init_std"], readout_zero, seed)
+        P.initialize(model, infos, spec["init_std"], readout_zero, seed, spec.get("gate_init_std"))
     else:
         with torch.device(device):
             model = FAMILIES[family][1](config)
-        P.initialize_on_device(model, infos, spec["init_std"], readout_zero)
+        P.initialize_on_device(model, infos, spec["init_std"], readout_zero, spec.get("gate_init_std"))
     return BuiltModel(model=model, infos=infos, variant=variant, width=width)
 
 

@@ -1,9 +1,17 @@
-"""Tier configuration: loading, validation, and the grid of cells it defines.
+"""Tier configuration: loading, validation, defaults, and the grid of cells it defines.
 
 Validation happens before any job runs (the Snakefile calls `validate`), in two layers:
-the JSON schema (types, ranges, known variants) and semantic rules the schema cannot
-express (widths divisible by the head count, local data files that exist, ...). Every
-error names the offending key so the user knows what to edit.
+the JSON schema (types, ranges, known variants and keys) and semantic rules the schema cannot
+express (widths divisible by the head count, finite learning rates, files that exist, ...).
+Every error names the offending key so the user knows what to edit.
+
+The schema is the one home of the defaults (each optional key's `default`); `defaults()` and
+`settings()` read them from there.
+
+Config files combine as snakemake combines them: the workflow's `config/config.yaml` first,
+then each `--configfile` merged over it in order, mappings key by key and everything else
+(lists, numbers, null) replaced whole. So an overlay that sets `grid.lrs` must also set
+`grid.log2_lrs: null`, or the default file's `log2_lrs` stays in.
 """
 
 from __future__ import annotations
@@ -12,47 +20,135 @@ import copy
 import json
 import math
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+WORKFLOW_CONFIG = Path("config") / "config.yaml"  # the Snakefile's `configfile:`
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key."""
 
 
-def load_schema() -> dict:
+@cache
+def _schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-def load(path: str | Path) -> dict:
+def load_schema() -> dict:
+    return copy.deepcopy(_schema())
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    while "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        node = {**schema["definitions"][name], **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _defaults_of(schema: dict, node: dict) -> dict:
+    out = {}
+    for key, sub in (node.get("properties") or {}).items():
+        sub = _resolve(schema, sub)
+        if "default" in sub:
+            value = copy.deepcopy(sub["default"])
+            if isinstance(value, dict) and sub.get("properties"):
+                value = merge(_defaults_of(schema, sub), value)
+            out[key] = value
+        elif sub.get("type") == "object" and sub.get("properties"):
+            nested = _defaults_of(schema, sub)
+            if nested:
+                out[key] = nested
+    return out
+
+
+def defaults(section: str | None = None) -> dict:
+    """The schema's defaults: of one top-level section, or of the whole config (nested dicts)."""
+    schema = _schema()
+    if section is None:
+        return _defaults_of(schema, schema)
+    node = _resolve(schema, schema["properties"][section])
+    return _defaults_of(schema, node)
+
+
+def settings(config: dict, section: str) -> dict:
+    """A config section over its defaults (mappings merged key by key; an explicit null is kept)."""
+    return merge(defaults(section), config.get(section) or {})
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """`overlay` merged over a copy of `base` the way snakemake merges config files."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    config = yaml.safe_load(path.read_text())
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(config).__name__}")
-    validate(config)
     return config
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
+def combine(*paths: str | Path, workflow_config: str | Path | None = WORKFLOW_CONFIG) -> dict:
+    """The config snakemake sees for `--configfile PATHS...`: the workflow's config file (when
+    present; None leaves it out, as --replace-workflow-config does) with each path merged over it."""
+    config: dict = {}
+    if workflow_config is not None and Path(workflow_config).exists():
+        config = read_file(workflow_config)
+    for path in paths:
+        config = merge(config, read_file(path))
+    return config
+
+
+def load(*paths: str | Path, workflow_config: str | Path | None = WORKFLOW_CONFIG,
+         base_dir: str | Path | None = None) -> dict:
+    """Reads, combines (as snakemake does) and validates config files."""
+    return validate(combine(*paths, workflow_config=workflow_config), base_dir=base_dir)
+
+
+def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
 def validate(config: dict, base_dir: str | Path | None = None) -> dict:
     """Raises ConfigError naming the first bad key; returns the config unchanged."""
-    validator = jsonschema.Draft202012Validator(load_schema())
+    import jsonschema
+
+    _check_finite(config)
+    validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), _key_path(e)))
     if errors:
         e = errors[0]
         raise ConfigError(f"config key '{_key_path(e)}': {e.message}")
     _check_semantics(config, Path(base_dir) if base_dir else Path.cwd())
     return config
+
+
+def _check_finite(value, where: str = "") -> None:
+    """NaN and infinities pass a JSON schema's ranges (YAML writes them .nan, .inf); no key takes one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{where or '<top level>'}': {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _check_finite(sub, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            _check_finite(sub, f"{where}.{i}" if where else str(i))
 
 
 def _check_semantics(config: dict, base_dir: Path) -> None:
@@ -142,11 +238,27 @@ def lr_key(log2_lr: float) -> str:
     return f"lr{text}"
 
 
-def grid_log2_lrs(config: dict) -> list[float]:
+def grid_log2_lrs(config: dict, variant: str | None = None) -> list[float]:
+    """The sweep's log2 learning rates; `grid.family_log2_lrs` gives a model family its own grid."""
     grid = config["grid"]
-    if "log2_lrs" in grid:
+    if variant is not None:
+        from gdn.variants import VARIANTS
+
+        family_grid = (grid.get("family_log2_lrs") or {}).get(VARIANTS[variant].family)
+        if family_grid:
+            return [float(x) for x in family_grid]
+    if grid.get("log2_lrs") is not None:
         return [float(x) for x in grid["log2_lrs"]]
     return [math.log2(x) for x in grid["lrs"]]
+
+
+def grid_seeds(config: dict, width: int) -> list[int]:
+    """Seeds of the sweep at `width`: `grid.base_width_seeds` at the μP base width (the transfer
+    estimate's anchor, so it gets more replicates), `grid.seeds` elsewhere."""
+    grid = config["grid"]
+    if width == config["model"]["base_width"] and grid.get("base_width_seeds"):
+        return list(grid["base_width_seeds"])
+    return list(grid["seeds"])
 
 
 @dataclass(frozen=True)
@@ -171,14 +283,14 @@ class Cell:
 
 
 def grid_cells(config: dict) -> list[Cell]:
-    """The sweep: every variant x grid width x grid learning rate x seed."""
+    """The sweep: every variant x grid width x its family's learning rates x that width's seeds."""
     grid = config["grid"]
     return [
         Cell(config["tier"], variant, width, log2_lr, seed)
         for variant in config["variants"]
         for width in grid["widths"]
-        for log2_lr in grid_log2_lrs(config)
-        for seed in grid["seeds"]
+        for log2_lr in grid_log2_lrs(config, variant)
+        for seed in grid_seeds(config, width)
     ]
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from gdn.variants import VARIANTS, Variant  # noqa: F401  (re-exported: the rules' users import them here)
+
 ONE: Callable[[float], float] = lambda m: 1.0  # noqa: E731
 
 
@@ -61,24 +63,6 @@ RULES: dict[str, dict[str, Rule]] = {
     },
 }
 
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    family: str  # "transformer" | "gdn"
-    parametrization: str  # key of RULES
-
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("transformer_sp", "transformer", "sp"),
-        Variant("transformer_mup", "transformer", "mup"),
-        Variant("gdn_sp", "gdn", "sp"),
-        Variant("gdn_mup", "gdn", "mup_gn"),
-        Variant("gdn_mup_nogn", "gdn", "mup"),
-    )
-}
 
 GATE_MODULES = ("a_proj", "b_proj")
 NO_WEIGHT_DECAY_ROLES = ("embedding", "vector")
@@ -156,8 +140,15 @@ def module_multipliers(infos: dict[str, ParamInfo], input_multiplier: float, out
 
 
 @torch.no_grad()
-def initialize(model: nn.Module, infos: dict[str, ParamInfo], init_std: float, readout_zero_init: bool, seed: int):
-    """Draws every matrix from N(0, (init_std * rule.init(m))^2); vectors keep module defaults.
+def base_std(info: ParamInfo, init_std: float, gate_init_std: float | None) -> float:
+    """The base-width init std of one parameter: the gate projections may have their own
+    (`model.gate_init_std`), so that the gate logits' size at init is a knob the study can turn."""
+    return gate_init_std if info.role == "gate" and gate_init_std is not None else init_std
+
+
+def initialize(model: nn.Module, infos: dict[str, ParamInfo], init_std: float, readout_zero_init: bool, seed: int,
+               gate_init_std: float | None = None):
+    """Draws every matrix from N(0, (base std * rule.init(m))^2); vectors keep module defaults.
 
     Parameters are drawn in name order from one seeded generator, so a run is reproducible.
     """
@@ -169,7 +160,7 @@ def initialize(model: nn.Module, infos: dict[str, ParamInfo], init_std: float, r
         if info.role == "readout" and readout_zero_init:
             p.zero_()
             continue
-        std = init_std * info.rule.init(info.width_ratio)
+        std = base_std(info, init_std, gate_init_std) * info.rule.init(info.width_ratio)
         p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std).to(p.dtype))
     for module in model.modules():
         if hasattr(module, "reset_gate_parameters"):
@@ -177,7 +168,8 @@ def initialize(model: nn.Module, infos: dict[str, ParamInfo], init_std: float, r
 
 
 @torch.no_grad()
-def initialize_on_device(model: nn.Module, infos: dict[str, ParamInfo], init_std: float, readout_zero_init: bool):
+def initialize_on_device(model: nn.Module, infos: dict[str, ParamInfo], init_std: float, readout_zero_init: bool,
+                         gate_init_std: float | None = None):
     """The stds of `initialize`, drawn where the parameters live (unseeded): for benchmarks."""
     for name, p in model.named_parameters():
         info = infos[name]
@@ -186,7 +178,7 @@ def initialize_on_device(model: nn.Module, infos: dict[str, ParamInfo], init_std
         if info.role == "readout" and readout_zero_init:
             p.zero_()
         else:
-            p.normal_(0.0, init_std * info.rule.init(info.width_ratio))
+            p.normal_(0.0, base_std(info, init_std, gate_init_std) * info.rule.init(info.width_ratio))
     for module in model.modules():
         if hasattr(module, "reset_gate_parameters"):
             module.reset_gate_parameters()

@@ -8,6 +8,8 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from gdn import config as gdn_config
+from gdn import launch as gdn_launch
+from gdn.variants import VARIANTS
 
 try:
     gdn_config.validate(config, base_dir=os.getcwd())
@@ -26,6 +28,23 @@ DATABASE = f"results/{TIER}.duckdb"
 REPORT = f"reports/{TIER}/index.html"
 ON_GPU = config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi") is not None)
 GPU_PER_JOB = 1 if ON_GPU else 0
+
+
+def card_memory_mb():
+    """What packed GPU jobs may declare together (`gpu_mem_mb`): config key gpu_memory_mb, else
+    the visible cards' memory as nvidia-smi reports it, less 5% for the driver's own use."""
+    if config.get("gpu_memory_mb"):
+        return int(config["gpu_memory_mb"])
+    import subprocess
+
+    query = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    totals = [int(line) for line in subprocess.run(query, capture_output=True, text=True, check=True).stdout.split()]
+    return int(0.95 * sum(totals))
+
+
+# Every GPU job declares gpu_mem_mb; a limit given on the command line (--resources) wins.
+if ON_GPU and "gpu_mem_mb" not in workflow.global_resources:
+    workflow.register_resource("gpu_mem_mb", card_memory_mb())
 
 
 wildcard_constraints:

@@ -19,6 +19,7 @@ rule coordcheck:
     threads: config["train"].get("threads", 1)
     resources:
         gpu=GPU_PER_JOB,
+        gpu_mem_mb=lambda wildcards: GPU_PER_JOB * gdn_launch.coord_memory_mb(config, VARIANTS[wildcards.variant].family),
     conda:
         CONDA_ENV
     shell:

@@ -6,7 +6,9 @@ EVAL_CFG = config.get("evaluate") or {}
 LMEVAL_DIR = "resources/lmeval"
 LMEVAL_TASKS = list((EVAL_CFG.get("lm_eval") or {}).get("tasks", []))
 EVAL_WIDTHS = EVAL_CFG.get("widths", "all")
-EVAL_CELLS = [c for c in CELLS if EVAL_WIDTHS == "all" or c.width in EVAL_WIDTHS]
+EVAL_SEEDS = EVAL_CFG.get("seeds", "all")
+EVAL_CELLS = [c for c in CELLS if (EVAL_WIDTHS == "all" or c.width in EVAL_WIDTHS)
+              and (EVAL_SEEDS == "all" or c.seed in EVAL_SEEDS)]
 ALL_EVALS = [f"{c.run_dir}/eval/{name}.json" for c in EVAL_CELLS for name in ("wikitext", "lm_eval")]
 
 
@@ -57,6 +59,8 @@ rule evaluate:
     threads: config["train"].get("threads", 1)
     resources:
         gpu=GPU_PER_JOB,
+        gpu_mem_mb=lambda wildcards: GPU_PER_JOB
+        * gdn_launch.eval_memory_mb(config, VARIANTS[wildcards.variant].family, int(wildcards.width)),
     conda:
         CONDA_ENV
     shell:

@@ -3,7 +3,6 @@
 # The counts are the job's resources (`gpus` per node, `nodes`), so a cluster profile may
 # change them with set-resources without touching the workflow.
 
-from gdn import launch as gdn_launch
 
 
 rule train:
@@ -26,6 +25,8 @@ rule train:
         gpu=lambda wildcards: gdn_launch.job_resources(config, int(wildcards.width), GPU_PER_JOB)["gpu"],
         gpus=lambda wildcards: gdn_launch.job_resources(config, int(wildcards.width), GPU_PER_JOB)["gpus"],
         nodes=lambda wildcards: gdn_launch.job_resources(config, int(wildcards.width), GPU_PER_JOB)["nodes"],
+        gpu_mem_mb=lambda wildcards: GPU_PER_JOB
+        * gdn_launch.train_memory_mb(config, VARIANTS[wildcards.variant].family, int(wildcards.width)),
     conda:
         CONDA_ENV
     shell:
