@@ -139,13 +139,13 @@ def module_multipliers(infos: dict[str, ParamInfo], input_multiplier: float, out
     return mult
 
 
-@torch.no_grad()
 def base_std(info: ParamInfo, init_std: float, gate_init_std: float | None) -> float:
     """The base-width init std of one parameter: the gate projections may have their own
     (`model.gate_init_std`), so that the gate logits' size at init is a knob the study can turn."""
     return gate_init_std if info.role == "gate" and gate_init_std is not None else init_std
 
 
+@torch.no_grad()
 def initialize(model: nn.Module, infos: dict[str, ParamInfo], init_std: float, readout_zero_init: bool, seed: int,
                gate_init_std: float | None = None):
     """Draws every matrix from N(0, (base std * rule.init(m))^2); vectors keep module defaults.
