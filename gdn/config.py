@@ -59,11 +59,7 @@ def _defaults_of(schema: dict, node: dict) -> dict:
             if isinstance(value, dict) and sub.get("properties"):
                 value = merge(_defaults_of(schema, sub), value)
             out[key] = value
-        elif sub.get("type") == "object" and sub.get("properties"):
-            nested = _defaults_of(schema, sub)
-            if nested:
-                out[key] = nested
-    return out
+    return out  # a mapping without a default of its own stays absent (e.g. a bench suite not asked for)
 
 
 def defaults(section: str | None = None) -> dict:
@@ -153,6 +149,7 @@ def _check_finite(value, where: str = "") -> None:
 
 def _check_semantics(config: dict, base_dir: Path) -> None:
     model, grid = config["model"], config["grid"]
+    _check_lr_grid(grid)
     mode = model["width_mode"]
     divisor_key = "n_heads" if mode == "head_dim" else "head_dim"
     if divisor_key not in model:
@@ -165,6 +162,7 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
                 f"config key '{which}': width {width} is not divisible by model.{divisor_key}={divisor} "
                 f"(width_mode {mode!r} splits the width into heads)"
             )
+    _check_value_heads(config)
     data = config["data"]
     if data["source"] == "hub" and "hub" not in data:
         raise ConfigError("config key 'data.hub' is required when data.source is 'hub'")
@@ -192,6 +190,59 @@ def _check_semantics(config: dict, base_dir: Path) -> None:
         raise ConfigError("config key 'train.warmup_steps' must be smaller than train.steps")
     _check_confirm(config, divisor_key, divisor)
     _check_parallel(config)
+    _check_evaluation_data(config, base_dir)
+
+
+def _check_lr_grid(grid: dict) -> None:
+    given = [key for key in ("log2_lrs", "lrs") if grid.get(key) is not None]
+    if len(given) != 1:
+        what = "both are set" if given else "neither is set"
+        raise ConfigError(
+            f"config key 'grid': give exactly one of grid.log2_lrs and grid.lrs ({what}); an overlay that sets "
+            "grid.lrs must also set grid.log2_lrs: null, because snakemake merges it over config/config.yaml")
+
+
+def _check_value_heads(config: dict) -> None:
+    """GDN value heads are gdn_expand_v x the key head dim wide (rounded down): at least 1 at every
+    width a model is built at (the sweep, the confirmation runs, the base width and twice it,
+    which the μP bookkeeping builds)."""
+    if not any(v.startswith("gdn") for v in config["variants"]):
+        return
+    model = config["model"]
+    expand = model.get("gdn_expand_v", defaults("model")["gdn_expand_v"])
+    widths = {model["base_width"], 2 * model["base_width"], *config["grid"]["widths"],
+              *((config.get("confirm") or {}).get("widths") or [])}
+    for width in sorted(widths):
+        head_dim = width // model["n_heads"] if model["width_mode"] == "head_dim" else model["head_dim"]
+        if int(expand * head_dim) < 1:
+            raise ConfigError(
+                f"config key 'model.gdn_expand_v': {expand} x head dim {head_dim} (width {width}) leaves GDN value "
+                "heads of width 0; raise gdn_expand_v or the head dim")
+
+
+def _check_evaluation_data(config: dict, base_dir: Path) -> None:
+    """The lm-eval task files a tier will copy (lmeval_data.local_dir), checked before any job runs."""
+    lmeval = config.get("lmeval_data") or {}
+    evaluate = settings(config, "evaluate")
+    tasks = evaluate["lm_eval"]["tasks"] if evaluated_cells(config) else []
+    if lmeval.get("manifest") and not (base_dir / lmeval["manifest"]).is_file():
+        raise ConfigError(f"config key 'lmeval_data.manifest': file {lmeval['manifest']} does not exist")
+    if not lmeval.get("local_dir") or not tasks:
+        return
+    local = base_dir / lmeval["local_dir"]
+    if not local.is_dir():
+        raise ConfigError(f"config key 'lmeval_data.local_dir': directory {lmeval['local_dir']} does not exist "
+                          "(it must hold the lm-eval task files named in docs/evaluation.md)")
+    from gdn.evaluate.tasks import TaskDataError, task_data
+
+    for task in tasks:
+        try:
+            spec = task_data(task)
+        except TaskDataError as e:
+            raise ConfigError(f"config key 'evaluate.lm_eval.tasks': {e}") from e
+        if spec.hub is not None and not (local / spec.file).is_file():
+            raise ConfigError(f"config key 'lmeval_data.local_dir': {lmeval['local_dir']} has no {spec.file}, "
+                              f"the data of lm-eval task {task} (evaluate.lm_eval.tasks); see docs/evaluation.md")
 
 
 def _check_parallel(config: dict) -> None:
@@ -280,6 +331,13 @@ class Cell:
     @property
     def run_id(self) -> str:
         return f"{self.tier}/{self.variant}/w{self.width}/{lr_key(self.log2_lr)}/s{self.seed}"
+
+
+def evaluated_cells(config: dict) -> list[Cell]:
+    """The cells the workflow evaluates (evaluate.widths and evaluate.seeds)."""
+    evaluate = settings(config, "evaluate")
+    widths, seeds = evaluate["widths"], evaluate["seeds"]
+    return [c for c in cells(config) if (widths == "all" or c.width in widths) and (seeds == "all" or c.seed in seeds)]
 
 
 def grid_cells(config: dict) -> list[Cell]:
@@ -387,15 +445,41 @@ def section_json(config: dict, *sections: str, **extra) -> str:
 # ---------------------------------------------------------------- CLI: python -m gdn validate
 
 
+def _not_overlaid(config: dict, overlays: list[dict], prefix: str = "") -> list[str]:
+    """Shallowest key paths of `config` that no overlay sets (or sets anything under)."""
+    out = []
+    for key, value in config.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        below = [o[key] for o in overlays if isinstance(o, dict) and key in o]
+        if not below:
+            out.append(path)
+        elif isinstance(value, dict) and all(isinstance(b, dict) for b in below):
+            out += _not_overlaid(value, below, path)
+    return out
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--configfile", default="config/config.yaml", help="tier config to check")
+    parser.add_argument("--configfile", nargs="+", default=[], metavar="FILE",
+                        help="config files as snakemake takes them: merged in order over config/config.yaml "
+                             "(e.g. --configfile config/study.yaml config/local-data.yaml)")
+    parser.add_argument("--replace-workflow-config", action="store_true",
+                        help="leave config/config.yaml out, as snakemake's option of the same name does")
 
 
 def run(args) -> int:
+    workflow_config = None if args.replace_workflow_config or not WORKFLOW_CONFIG.exists() else WORKFLOW_CONFIG
+    files = ([str(workflow_config)] if workflow_config else []) + [str(f) for f in args.configfile]
+    if not files:
+        raise ConfigError(f"no config file: {WORKFLOW_CONFIG} is not here; give --configfile")
+    names = " + ".join(dict.fromkeys(files))
     try:
-        config = load(args.configfile)
+        config = load(*args.configfile, workflow_config=workflow_config)
     except ConfigError as e:
-        print(f"{args.configfile}: {e}")
-        return 1
-    print(f"{args.configfile}: valid tier '{config['tier']}' with {len(cells(config))} training cells")
+        raise ConfigError(f"{names}: {e}") from e
+    print(f"{names}: valid tier '{config['tier']}' with {len(cells(config))} training cells")
+    overlays = [f for f in args.configfile if Path(f).resolve() != WORKFLOW_CONFIG.resolve()]
+    if workflow_config and overlays:
+        inherited = _not_overlaid(read_file(workflow_config), [read_file(f) for f in overlays])
+        if inherited:
+            print(f"  from {workflow_config} (not set by {' + '.join(overlays)}): {', '.join(inherited)}")
     return 0

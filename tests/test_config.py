@@ -1,4 +1,7 @@
+import math
+
 import pytest
+import yaml
 
 from gdn import config as C
 from tests.synthetic import REPO, tiny_config
@@ -84,3 +87,151 @@ def test_hub_source_offline_names_the_key_to_set(tmp_path, monkeypatch):
     assert time.monotonic() - start < 5
     assert "data.source" in str(err.value) and "data.local" in str(err.value)
     assert not (tmp_path / "text" / "train.jsonl").exists()
+
+
+# ---------------------------------------------------------------- whole-config schema, defaults, overlays
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c["grid"].__setitem__("log2_lrs", [-8, float("nan")]), "grid.log2_lrs.1"),
+        (lambda c: c["grid"].__setitem__("log2_lrs", [float("-inf")]), "grid.log2_lrs.0"),
+        (lambda c: c["grid"].update(lrs=[float("inf")], log2_lrs=None), "grid.lrs.0"),
+        (lambda c: c["model"].__setitem__("init_std", float("nan")), "model.init_std"),
+        (lambda c: c["model"].__setitem__("gdn_expand_v", 0.01), "model.gdn_expand_v"),
+        (lambda c: c["grid"].__setitem__("lrs", [1e-3]), "grid"),  # both lrs and log2_lrs
+        (lambda c: c["grid"].__setitem__("log2_lrs", None), "grid"),  # neither
+        (lambda c: c.__setitem__("evaluate", {"widht": [32]}), "evaluate"),
+        (lambda c: c.__setitem__("evaluate", {"lm_eval": {"limt": 3}}), "evaluate.lm_eval"),
+        (lambda c: c.__setitem__("evaluate", {"batch_size": 0}), "evaluate.batch_size"),
+        (lambda c: c.__setitem__("coordcheck", {"stepz": 3}), "coordcheck"),
+        (lambda c: c.__setitem__("coordcheck", {"log2_lr": {"gdn_fancy": -7}}), "coordcheck.log2_lr"),
+        (lambda c: c.__setitem__("transfer", {"max_shift_octaves": 1.0}), "transfer"),
+        (lambda c: c.__setitem__("transfer", {"ci_level": 1.5}), "transfer.ci_level"),
+        (lambda c: c.__setitem__("transfer", {"controls": {"negative": "gdn_fancy"}}), "transfer.controls.negative"),
+        (lambda c: c["bench"].__setitem__("overhead", {"shapes": ["quick"], "iter": 3}), "bench.overhead"),
+        (lambda c: c["bench"]["shapes"]["quick"].__setitem__("widht", 3), "bench.shapes.quick"),
+        (lambda c: c.__setitem__("gpu_memory_mb", 0), "gpu_memory_mb"),
+        (lambda c: c.update(lmeval_data={"local_dir": "no/such/dir"}, evaluate={"widths": "all"}),
+         "lmeval_data.local_dir"),
+        (lambda c: c.__setitem__("lmeval_data", {"manifest": "no/such/SHA256SUMS"}), "lmeval_data.manifest"),
+    ],
+)
+def test_every_section_is_checked(cfg, tmp_path, mutate, key):
+    mutate(cfg)
+    with pytest.raises(C.ConfigError) as err:
+        C.validate(cfg, base_dir=tmp_path)
+    assert f"'{key}" in str(err.value)
+
+
+def test_contract_keys_are_accepted(cfg, tmp_path):
+    cfg["model"]["gate_init_std"] = 0.01
+    cfg["gpu_memory_mb"] = None
+    cfg["transfer"] = {"base_width": None, "fit_window_octaves": 2.0, "ci_level": 0.9, "bootstrap_draws": 100,
+                       "bootstrap_seed": 1, "transfer_max_abs_shift": 0.5, "ci_bound_octaves": 1.0,
+                       "gate_improve_sd": 3.0, "gate_equal_sd": 3.0, "controls": {"negative": None, "positive": None}}
+    cfg["coordcheck"] = {"widths": [16, 32], "steps": 2, "seeds": [0],
+                         "log2_lr": {"gdn_mup": -7, "transformer_mup": -6}, "batch_size": 2, "seq_len": 16,
+                         "probe_seed": 1, "n_layers": None, "width_mode": None, "kernel_backend": "torch",
+                         "adam_eps": 1e-8, "threads": None, "slope_tolerance": 0.25, "noise_factor": 3.0,
+                         "warmup_steps": 0, "readout_zero_init": None}
+    C.validate(cfg, base_dir=tmp_path)
+
+
+def test_the_schema_is_the_home_of_defaults():
+    evaluate = C.defaults("evaluate")
+    assert evaluate["batch_size"] == 8 and evaluate["lm_eval"]["bootstrap_iters"] == 1000
+    assert C.defaults("transfer")["controls"] == {"negative": "transformer_sp", "positive": "transformer_mup"}
+    assert C.defaults("model")["gate_init_std"] is None
+    merged = C.settings({"evaluate": {"lm_eval": {"limit": 5}, "context": None}}, "evaluate")
+    assert merged["lm_eval"]["limit"] == 5 and merged["lm_eval"]["num_fewshot"] == 0 and merged["context"] is None
+
+
+def test_module_defaults_agree_with_the_schema():
+    """Until the modules read their defaults from the schema, the two must not drift apart."""
+    from gdn.evaluate.run import DEFAULTS as EVALUATE
+
+    schema = C.defaults("evaluate")
+    for key, value in EVALUATE.items():
+        if isinstance(value, dict):
+            assert {k: schema[key][k] for k in value} == value, key
+        else:
+            assert schema[key] == value, key
+
+
+def test_overlay_combines_as_snakemake_does_and_lrs_need_an_explicit_null(tmp_path):
+    base = {"tier": "x", "grid": {"widths": [16], "log2_lrs": [-8], "seeds": [0]}, "evaluate": {"threads": 1}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "lrs.yaml").write_text("grid: {lrs: [0.001]}\n")
+    (tmp_path / "lrs-null.yaml").write_text("grid: {lrs: [0.001], log2_lrs: null}\n")
+    merged = C.combine(tmp_path / "lrs.yaml", workflow_config=tmp_path / "base.yaml")
+    assert merged["grid"] == {"widths": [16], "log2_lrs": [-8], "seeds": [0], "lrs": [0.001]}
+    with pytest.raises(C.ConfigError, match="grid.log2_lrs: null"):
+        C._check_lr_grid(merged["grid"])
+    fixed = C.combine(tmp_path / "lrs.yaml", tmp_path / "lrs-null.yaml", workflow_config=tmp_path / "base.yaml")
+    C._check_lr_grid(fixed["grid"])
+    assert C.grid_log2_lrs(fixed) == pytest.approx([math.log2(0.001)])
+    assert fixed["evaluate"] == {"threads": 1}
+
+
+def test_snakemake_merges_overlays_the_way_combine_does(tmp_path):
+    """The real snakemake: an overlay with grid.lrs and log2_lrs: null gives the lrs' cells."""
+    import subprocess
+    import sys
+
+    from tests.synthetic import write_config
+
+    config = tiny_config(tmp_path)
+    (tmp_path / "config").mkdir()
+    write_config(config, tmp_path / "config" / "config.yaml")
+    (tmp_path / "lrs.yaml").write_text("grid: {lrs: [0.0078125], log2_lrs: null}\n")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "1", "-n", "--configfile", str(tmp_path / "lrs.yaml")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "lr-7/s0/metrics.json" in done.stdout and "lr-8/s0" not in done.stdout
+    (tmp_path / "both.yaml").write_text("grid: {lrs: [0.0078125]}\n")
+    done = subprocess.run(cmd[:-1] + [str(tmp_path / "both.yaml")], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "grid.log2_lrs: null" in done.stdout + done.stderr
+
+
+def test_validate_command_takes_the_files_snakemake_takes(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from tests.synthetic import write_config
+
+    config = tiny_config(tmp_path)
+    (tmp_path / "config").mkdir()
+    write_config(config, tmp_path / "config" / "config.yaml")
+    (tmp_path / "overlay.yaml").write_text("grid: {widths: [16, 33]}\n")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run([sys.executable, "-m", "gdn", "validate"], cwd=tmp_path, capture_output=True, text=True,
+                        env=env)
+    assert ok.returncode == 0 and "valid tier 'tiny'" in ok.stdout, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "gdn", "validate", "--configfile", "overlay.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1
+    assert "config/config.yaml + overlay.yaml" in bad.stderr and "grid.widths" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_missing_task_files_are_named_before_any_job(cfg, tmp_path):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "piqa_validation.jsonl").write_text("{}\n")
+    cfg["lmeval_data"] = {"local_dir": str(tasks)}
+    cfg["evaluate"] = {"lm_eval": {"tasks": ["piqa"]}}
+    C.validate(cfg, base_dir=tmp_path)
+    cfg["evaluate"] = {"lm_eval": {"tasks": ["piqa", "arc_easy"]}}
+    with pytest.raises(C.ConfigError, match="arc_easy_test.jsonl"):
+        C.validate(cfg, base_dir=tmp_path)
+    cfg["evaluate"]["widths"] = [1024]  # nothing is evaluated: the files are not needed
+    C.validate(cfg, base_dir=tmp_path)
+
+
+def test_shipped_tiers_validate_as_snakemake_combines_them():
+    for overlay in ("study.yaml", "paper.yaml", "bench-only.yaml"):
+        config = C.combine(REPO / "config" / overlay, workflow_config=REPO / "config" / "config.yaml")
+        C.validate(config, base_dir=REPO)

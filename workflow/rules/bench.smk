@@ -12,7 +12,9 @@ ALL_BENCH += [f"{BENCH_DIR}/inference.json"] if BENCH_CFG.get("inference") else 
 # By default the benchmarks wait for every other job of the tier, so nothing shares the GPU while
 # they time it. `bench: {after_all_jobs: false}` (config/bench-only.yaml) runs them on their own:
 # `snakemake bench_all --configfile config/study.yaml config/bench-only.yaml`.
-BENCH_AFTER = [ALL_METRICS, ALL_EVALS, ALL_COORD] if BENCH_CFG.get("after_all_jobs", True) else []
+# ancient(): they wait for those files but are not rerun when one of them is (rerunning a cell
+# must not redo the benchmarks, which do not depend on what any cell computed).
+BENCH_AFTER = ancient([ALL_METRICS, ALL_EVALS, ALL_COORD]) if BENCH_CFG.get("after_all_jobs", True) else []
 if BENCH_CFG.get("kernels"):
     ALL_BENCH.append(f"{BENCH_DIR}/kernels.json")
 

@@ -3,12 +3,9 @@
 # evaluation jobs then run offline.
 
 EVAL_CFG = config.get("evaluate") or {}
-LMEVAL_DIR = "resources/lmeval"
-LMEVAL_TASKS = list((EVAL_CFG.get("lm_eval") or {}).get("tasks", []))
-EVAL_WIDTHS = EVAL_CFG.get("widths", "all")
-EVAL_SEEDS = EVAL_CFG.get("seeds", "all")
-EVAL_CELLS = [c for c in CELLS if (EVAL_WIDTHS == "all" or c.width in EVAL_WIDTHS)
-              and (EVAL_SEEDS == "all" or c.seed in EVAL_SEEDS)]
+LMEVAL_DIR = f"resources/{TIER}/lmeval"  # per tier: building one tier never invalidates another's evaluations
+LMEVAL_TASKS = gdn_config.settings(config, "evaluate")["lm_eval"]["tasks"]  # the schema's default when unset
+EVAL_CELLS = gdn_config.evaluated_cells(config)  # evaluate.widths and evaluate.seeds
 ALL_EVALS = [f"{c.run_dir}/eval/{name}.json" for c in EVAL_CELLS for name in ("wikitext", "lm_eval")]
 
 
