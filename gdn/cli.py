@@ -1,7 +1,8 @@
 """`python -m gdn <command>`: the entry point every Snakemake rule calls.
 
 Each command lives in its own module exposing `add_arguments(parser)` and `run(args)`;
-modules are imported only when their command runs, so `--help` stays fast.
+modules are imported only when their command runs, so `--help` stays fast. A configuration
+or input-data error ends the command with one line naming the key or file and exit status 1.
 """
 
 from __future__ import annotations
@@ -41,4 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parser = argparse.ArgumentParser(prog=f"python -m gdn {argv[0]}", description=help_text)
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except Exception as e:
+        if not _is_input_error(e):
+            raise
+        # A bad config value or input file is the user's to fix: one line that names it, no traceback.
+        print(f"python -m gdn {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _is_input_error(error: Exception) -> bool:
+    """Errors whose message names the bad config key or input file (and says what to do)."""
+    from gdn.checkpoint import CheckpointError
+    from gdn.config import ConfigError
+    from gdn.data import DataError
+
+    return isinstance(error, (ConfigError, DataError, CheckpointError))

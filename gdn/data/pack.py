@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from gdn.checkpoint import write_json_atomic
+from gdn.data import DataError
 from gdn.data.prepare import read_documents, sha256_file
 from gdn.data.tokenizer import EOT, load
 from gdn.data.tokens import meta_path
@@ -23,7 +24,7 @@ def pack(jsonl: Path, tokenizer_json: Path, out_bin: Path) -> dict:
     vocab = tok.get_vocab_size()
     dtype = np.uint16 if vocab <= 2**16 else np.uint32
     out_bin.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_bin.with_suffix(".tmp")
+    tmp = out_bin.with_name(f".{out_bin.name}.{os.getpid()}.tmp")
     n_tokens = n_docs = n_chars = 0
     with open(tmp, "wb") as f:
         batch: list[str] = []
@@ -43,6 +44,10 @@ def pack(jsonl: Path, tokenizer_json: Path, out_bin: Path) -> dict:
             if len(batch) >= BATCH_DOCS:
                 flush()
         flush()
+    if n_docs == 0:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{jsonl}: the split holds no documents, so there is nothing to tokenize "
+                        "(its source files are empty or blank lines only)")
     os.replace(tmp, out_bin)
     meta = {
         "dtype": np.dtype(dtype).name,
@@ -55,7 +60,7 @@ def pack(jsonl: Path, tokenizer_json: Path, out_bin: Path) -> dict:
         "source": str(jsonl),
         "source_sha256": sha256_file(jsonl),
     }
-    meta_path(out_bin).write_text(json.dumps(meta, indent=2))
+    write_json_atomic(meta_path(out_bin), meta)
     return meta
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from gdn.config import ConfigError
+from gdn.data import DataError
 
 HEADING = re.compile(r"^ = [^=].* = $")
 SPLITS = ("train", "valid", "test")
@@ -56,14 +57,34 @@ def split_paragraph_documents(text: str) -> list[str]:
 
 
 def read_text(path: Path) -> str:
-    if path.suffix == ".xz":
-        with lzma.open(path, "rt", encoding="utf-8") as f:
-            return f.read()
+    """A corpus file's text; a file that cannot be read raises DataError naming it and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
 
-        return join_hub_rows(pq.read_table(path, columns=["text"]).column("text").to_pylist())
-    return path.read_text(encoding="utf-8")
+            rows = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+        except Exception as e:  # pyarrow raises several kinds for a damaged or foreign file
+            raise DataError(f"{path}: not a readable parquet file with a 'text' column ({e})") from e
+        return join_hub_rows(rows)
+    if path.suffix == ".xz":
+        try:
+            with lzma.open(path, "rb") as f:
+                data = f.read()
+        except (lzma.LZMAError, EOFError) as e:
+            raise DataError(f"{path}: broken xz archive ({e}); replace the file (check it with `xz -t`)") from e
+        where = "of the decompressed text"
+    else:
+        data = path.read_bytes()
+        where = "of the file"
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = data[e.start : e.start + 4].hex(" ")
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {e.start} {where} (bytes {bad}: {e.reason}); "
+                        "convert it to UTF-8") from e
 
 
 def join_hub_rows(rows: list[str]) -> str:
@@ -111,6 +132,8 @@ def hub_reachable(timeout: float = 5.0) -> bool:
 
 
 OFFLINE_HINT = (
+    "run with the offline overlay (snakemake --cores all --configfile config/local-data.yaml, after copying "
+    "the files it names under .data/; README, Offline data), or "
     "set data.source: local and data.local.dir (a directory with wiki.train.raw/wiki.valid.raw/wiki.test.raw "
     "or train-*.parquet/validation-*.parquet/test-*.parquet), or data.local.train/valid/test file lists"
 )
@@ -175,13 +198,23 @@ def prepare(data: dict, out_dir: Path) -> dict:
             if split == "test":
                 test_raw = raw_text
             sources[split] = [{"path": str(p), "sha256": sha256_file(p)} for p in files]
+    for split in ("train", "test"):
+        if not docs[split]:
+            raise DataError(f"the {split} split is empty: {_named_files(sources, split)} hold no text "
+                            "(empty, or blank lines only)")
     docs["train"] = truncate_documents(docs["train"], data.get("max_train_chars"))
     if not docs["valid"]:
         fraction = data.get("valid_fraction", 0.0)
         if fraction <= 0:
             raise ConfigError("config key 'data.valid_fraction': there is no validation split, so set a "
                               "positive fraction of training documents to hold out")
+        n_train = len(docs["train"])
         docs["train"], docs["valid"] = hold_out(docs["train"], fraction)
+        if not docs["valid"] or not docs["train"]:
+            empty = "validation" if not docs["valid"] else "training"
+            raise DataError(f"the {empty} split is empty: holding out data.valid_fraction={fraction:g} of the "
+                            f"{n_train} training documents in {_named_files(sources, 'train')} left none for it; "
+                            "use more text (or a validation split: data.local.valid)")
         sources["valid"] = f"held out {fraction:.3g} of training documents (by document hash)"
     files = {}
     for split in SPLITS:
@@ -200,10 +233,22 @@ def prepare(data: dict, out_dir: Path) -> dict:
     return manifest
 
 
+def _named_files(sources: dict, split: str) -> str:
+    files = sources.get(split)
+    if isinstance(files, list) and files:
+        return ", ".join(f["path"] for f in files)
+    return f"the hub's {split} split"
+
+
 def read_documents(jsonl_path: str | Path):
+    """The documents of a prepared split (`{"text": ...}` per line); a bad line raises DataError."""
     with open(jsonl_path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)["text"]
+        for number, line in enumerate(f, 1):
+            try:
+                yield json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{jsonl_path}, line {number}: not a {{\"text\": ...}} JSON line ({e}); "
+                                "rerun the prepare step that writes it") from e
 
 
 def add_arguments(parser) -> None:

@@ -13,25 +13,45 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gdn.data import DataError
+
 
 def meta_path(bin_path: str | Path) -> Path:
     bin_path = Path(bin_path)
     return bin_path.with_name(bin_path.stem + ".meta.json")
 
 
-def load_tokens(bin_path: str | Path) -> np.ndarray:
-    meta_file = meta_path(bin_path)
-    if not meta_file.exists():
-        raise FileNotFoundError(f"{meta_file} is missing: rerun the tokenize step that writes {bin_path}")
-    meta = json.loads(meta_file.read_text())
-    tokens = np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r")
-    if len(tokens) != meta["n_tokens"]:
-        raise ValueError(f"{bin_path} holds {len(tokens)} tokens but its meta file says {meta['n_tokens']}")
-    return tokens
+def load_tokens(bin_path: str | Path, min_tokens: int = 1, purpose: str = "") -> np.ndarray:
+    """The split's tokens (memory-mapped). Fewer than `min_tokens` raises DataError naming the
+    file; `purpose` says what needs them (e.g. "train.seq_len + 2 = 130")."""
+    bin_path = Path(bin_path)
+    meta = load_meta(bin_path)
+    dtype = np.dtype(meta["dtype"])
+    if not bin_path.is_file():
+        raise DataError(f"{bin_path} is missing: rerun the tokenize step that writes it")
+    size = bin_path.stat().st_size
+    if size % dtype.itemsize or size // dtype.itemsize != meta["n_tokens"]:
+        raise DataError(f"{bin_path} is {size} bytes, but its meta file says {meta['n_tokens']} {dtype.name} tokens: "
+                        "the file is damaged; rerun the tokenize step that writes it")
+    n = size // dtype.itemsize
+    if n < min_tokens:
+        need = f" ({purpose})" if purpose else ""
+        raise DataError(f"{bin_path} holds {n} tokens, fewer than the {min_tokens} needed{need}: the split "
+                        f"({meta.get('source', 'its text')}) is too small; give it more text or shorten the sequences")
+    return np.memmap(bin_path, dtype=dtype, mode="r")
 
 
 def load_meta(bin_path: str | Path) -> dict:
-    return json.loads(meta_path(bin_path).read_text())
+    meta_file = meta_path(bin_path)
+    if not meta_file.exists():
+        raise DataError(f"{meta_file} is missing: rerun the tokenize step that writes {bin_path}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as e:
+        raise DataError(f"{meta_file} is not valid JSON ({e}): rerun the tokenize step that writes {bin_path}") from e
+    if not isinstance(meta, dict) or not {"dtype", "n_tokens"} <= set(meta):
+        raise DataError(f"{meta_file} lacks dtype or n_tokens: rerun the tokenize step that writes {bin_path}")
+    return meta
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
