@@ -1,19 +1,61 @@
 """Coordinate check: how activation sizes scale with width over the first optimizer steps.
 
-For one variant, every width and seed: build the model, train a few AdamW steps on real
-batches, and after each step (step 0 = init) run a fixed probe batch through the model and
-record the mean |x| of each module family, averaged over layers, plus the update size
-mean |x_t - x_0| on that same probe batch. `analyze` fits the log-log slope of those sizes
-against width and judges each module by the rule that fits its shape (docs/mup_gdn.md):
+For one variant, every width and seed: build the model, train `steps` AdamW steps on real
+batches at the variant's learning rate (`log2_lr`: one number, or a mapping variant -> log2
+LR so that each variant runs at its own optimum; an optional linear warmup over
+`warmup_steps`), and at a few recorded steps (0 = init, 1, 2, 5, 10, 20, 50, 100, ... and the
+last) run a fixed probe batch through the model and record the mean |x| of each module
+family, averaged over layers, plus the update size mean |x_t - x_0| on that same probe batch.
+`analyze` fits the log-log slope of those sizes against width, with a confidence interval,
+and judges each module by the rule that fits its shape (docs/mup_gdn.md §4):
 
-    size    width-sized activations (embedding, mixer and MLP outputs, the GDN state):
-            their size must not grow or shrink with width, at init and after updates.
-    update  width -> finite maps (gate logits a and b, the logits): their size at init is a
-            choice of the parametrization (zero readout, 1/m gates); what μP fixes is that
-            one step moves them by an amount independent of width.
+    size     width-sized activations (embedding, mixer and MLP outputs, the GDN state) and the
+             Transformer's attention logits (pre-softmax q.k * scale): their size must not grow
+             or shrink with width. The attention logits are judged from step 1 on: at init μP's
+             1/d_head scale makes them shrink like 1/sqrt(m) in width_mode head_dim (random
+             q, k), which is the parametrization's choice; what μP fixes is their size once
+             training has aligned q with k.
+    update   width -> finite maps (the logits, and the update part of the GDN gate logits,
+             see below): their size at init is a choice of the parametrization (zero readout,
+             1/m gates); what μP fixes is that training moves them by an amount independent of
+             width.
+    bounded  a term of a decomposition that must not grow with width (it may vanish): the
+             c * W0 * (x_t - x_0) term of the gate logits.
 
-Everything else recorded (gate sizes, decay g, beta, updates of width-sized activations,
-probe loss) is shown but not judged.
+GDN gate logits a = c * W * x (and b likewise; x the mixer's input, c the gate multiplier) are
+split at step t, on the probe batch, into
+
+    gate_a_init    c * W0 * x_t             what the initial weights make of today's input
+    gate_a_update  c * (W_t - W0) * x_t     what training's change of W contributes (rule: update)
+    gate_a_w0dx    c * W0 * (x_t - x_0)     how the initial weights pass on the input's change
+                                            (rule: bounded)
+
+so that a_t - a_0 = gate_a_update + gate_a_w0dx exactly (`delta_gate_a`, shown, not judged: it is
+the sum of two judged parts). Under gating normalization (multiplier 1/sqrt(m), width-independent
+init) docs/mup_gdn.md predicts that the w0dx term grows like sqrt(m); with the readout-style
+multiplier 1/m it stays flat.
+
+Judging. Every (variant, module, step) slope gets a 90% confidence interval (CI_LEVEL): with
+two or more seeds, slope ± t(0.95, n_seeds - 1) * se, se the standard deviation of the per-seed
+slopes / sqrt(n_seeds); with one seed, the regression's own standard error with n_widths - 2
+degrees of freedom. The half-width is never less than `noise_factor` (default 3) standard errors
+of the regression of the seed-averaged sizes on width, so that two seeds that happen to agree do
+not make a fit that is not a power law look certain. The tolerance band is ±`slope_tolerance`
+(default 0.25: half the smallest exponent error a wrong rule produces, since a missing or extra
+1/sqrt(m) gives ±0.5, so a slope outside it is closer to a rule violation than to zero).
+
+    ok       the CI lies inside the band (bounded: the CI's upper end is at most +tolerance)
+    flagged  the CI lies entirely outside the band (bounded: entirely above +tolerance)
+    unclear  the CI straddles an edge of the band: more seeds or widths are needed to say
+    (without a CI, one seed and two widths, the point estimate decides between ok and flagged)
+
+A variant's verdict at its last step: "scales with width" when a judged module is flagged,
+"unclear" when none is flagged but one is unclear, else "width-stable". Everything else
+recorded (gate sizes and their init part, decay g, beta, updates of width-sized activations,
+probe loss) is shown with its CI but not judged.
+
+Importing this module does not import torch (the analysis runs in the torch-free ingest and
+report); the measuring functions import it when they run.
 
 CLI (see `add_arguments`):
 
@@ -29,35 +71,35 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
-from gdn import devices
-from gdn.build import build_model
-from gdn.checkpoint import write_json_atomic
-from gdn.data.tokens import load_meta, load_tokens, train_batch
-from gdn.parametrization import VARIANTS, optimizer_groups
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import torch
 
-# Defaults of the config's `coordcheck` section; the quick tier's CPU budget sets them.
+# Defaults of the config's `coordcheck` section (the config schema lists the same keys).
 DEFAULTS = {
     "widths": [32, 64, 128, 256, 512],
-    "steps": 3,
+    "steps": 50,  # optimizer steps; sizes are recorded at 0, 1, 2, 5, 10, 20, 50, ... and the last
     "seeds": [0, 1],
-    "log2_lr": -7.0,  # base learning rate 2**x at the base width (μP scales it per role)
+    "log2_lr": -7.0,  # base LR 2**x at the base width, or {variant: x} (each variant at its optimum)
+    "warmup_steps": 0,  # linear warmup over the first steps (0: none)
     "batch_size": 4,
     "seq_len": 64,
     "probe_seed": 9_999,  # the probe batch is the same for every width, seed and step
     "n_layers": None,  # None: the model spec's depth
     "width_mode": None,  # None: the model spec's width_mode
     "kernel_backend": None,  # None: the model spec's kernel_backend
+    "readout_zero_init": None,  # None: the model spec's readout_zero_init
     "adam_eps": 1e-8,
     "threads": None,  # CPU threads (None: train.threads, else torch's default)
-    "slope_tolerance": 0.25,  # see analyze()
-    "noise_factor": 3.0,
+    "slope_tolerance": 0.25,  # the band a judged slope must lie in; see the module docstring
+    "noise_factor": 3.0,  # the CI's half-width is at least this many regression standard errors
 }
+
+CI_LEVEL = 0.90  # two-sided level of the slopes' confidence intervals
 
 # module -> (quantity, judging rule). "info" rows are recorded and plotted, never judged.
 MODULES = {
@@ -65,8 +107,15 @@ MODULES = {
     "mixer": ("size", "size"),
     "mlp": ("size", "size"),
     "state": ("size", "size"),
+    "attn_logits": ("size", "size"),
     "gate_a": ("size", "info"),
     "gate_b": ("size", "info"),
+    "gate_a_init": ("size", "info"),
+    "gate_b_init": ("size", "info"),
+    "gate_a_update": ("update", "update"),
+    "gate_b_update": ("update", "update"),
+    "gate_a_w0dx": ("update", "bounded"),
+    "gate_b_w0dx": ("update", "bounded"),
     "decay_g": ("size", "info"),
     "beta": ("size", "info"),
     "logits": ("size", "info"),
@@ -74,13 +123,28 @@ MODULES = {
     "delta_mixer": ("update", "info"),
     "delta_mlp": ("update", "info"),
     "delta_state": ("update", "info"),
-    "delta_gate_a": ("update", "update"),
-    "delta_gate_b": ("update", "update"),
+    "delta_gate_a": ("update", "info"),
+    "delta_gate_b": ("update", "info"),
     "delta_decay_g": ("update", "info"),
     "delta_beta": ("update", "info"),
     "delta_logits": ("update", "update"),
     "loss": ("loss", "info"),
 }
+
+# Modules judged only from this step on (see the module docstring); the others from step 0.
+JUDGED_FROM_STEP = {"attn_logits": 1}
+
+# Recorded module -> the name of its change since step 0 on the probe batch. The update part of
+# the gates has none (it is zero at init: it is its own change).
+DELTA_OF = {
+    "embedding": "delta_embedding", "mixer": "delta_mixer", "mlp": "delta_mlp", "state": "delta_state",
+    "gate_a": "delta_gate_a", "gate_b": "delta_gate_b",
+    "gate_a_init": "gate_a_w0dx", "gate_b_init": "gate_b_w0dx", "decay_g": "delta_decay_g",
+    "beta": "delta_beta", "logits": "delta_logits",
+}
+
+# The gate decompositions: total, init part, update part, W0 dx term.
+GATE_PARTS = {gate: (gate, f"{gate}_init", f"{gate}_update", f"{gate}_w0dx") for gate in ("gate_a", "gate_b")}
 
 
 def settings_from_config(config: dict) -> dict:
@@ -92,25 +156,59 @@ def settings_from_config(config: dict) -> dict:
     settings["widths"] = sorted(int(w) for w in settings["widths"])
     if len(settings["widths"]) < 2:
         raise ValueError("coordcheck.widths needs at least two widths to fit a slope")
+    settings["steps"] = int(settings["steps"])
+    if settings["steps"] < 1:
+        raise ValueError(f"coordcheck.steps must be at least 1, got {settings['steps']}")
+    settings["warmup_steps"] = int(settings["warmup_steps"])
+    if settings["warmup_steps"] < 0:
+        raise ValueError(f"coordcheck.warmup_steps must be >= 0, got {settings['warmup_steps']}")
     return settings
 
 
+def log2_lr_for(settings: dict, variant: str) -> float:
+    """The variant's base log2 LR: `log2_lr` itself, or its entry in a {variant: log2 LR} mapping
+    (which must name every variant that is checked)."""
+    value = settings["log2_lr"]
+    if isinstance(value, dict):
+        if variant in value:
+            return float(value[variant])
+        raise ValueError(f"coordcheck.log2_lr names no learning rate for {variant!r}; it names {sorted(value)}")
+    return float(value)
+
+
+def record_steps(steps: int) -> list[int]:
+    """Steps at which the probe batch is measured: 0, 1, 2, 5, 10, 20, 50, 100, ... up to `steps`, and `steps`."""
+    marks = {0, steps}
+    decade = 1
+    while decade <= steps:
+        marks.update(f * decade for f in (1, 2, 5) if f * decade <= steps)
+        decade *= 10
+    return sorted(marks)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """LR factor of optimizer step `step` (1-based): linear from 1/warmup to 1 over the warmup, then 1."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
 def model_spec_for_check(spec: dict, settings: dict) -> dict:
-    """The tier's model spec with the coordinate check's depth / width-mode / backend overrides."""
+    """The tier's model spec with the coordinate check's depth / width-mode / backend / readout overrides."""
     spec = dict(spec)
-    for key in ("n_layers", "width_mode", "kernel_backend"):
+    for key in ("n_layers", "width_mode", "kernel_backend", "readout_zero_init"):
         if settings.get(key) is not None:
             spec[key] = settings[key]
     return spec
 
 
 # ---------------------------------------------------------------------------------------------
-# Measuring one model
+# Measuring one model (torch is imported inside these functions)
 
 
 @dataclass
 class ProbeResult:
-    tensors: dict[str, list[torch.Tensor]]  # module -> one tensor per layer (one in all for embedding, logits)
+    # module -> one value per layer (one in all for embedding and logits): a tensor, or a 0-d
+    # tensor already reduced to its mean |x| (attention logits: [B, H, T, T] would be large)
+    tensors: dict[str, list[Any]]
     loss: float
 
 
@@ -118,10 +216,72 @@ def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+def _causal_mean_abs(logits: torch.Tensor) -> torch.Tensor:
+    """Mean |logit| over the causal (key <= query) entries of [B, H, T, T] attention logits."""
+    import torch
+
+    T = logits.shape[-1]
+    keep = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril()
+    return logits.abs().masked_fill(~keep, 0.0).sum() / (keep.sum() * logits.shape[0] * logits.shape[1])
+
+
+def attention_logits(module, x, rope=None):
+    """The pre-softmax logits q.k * scale [B, H, T, T] (float32) of a Transformer Attention on its
+    input x, with the rotary embedding `rope` (cos, sin) the forward used (None: positions 0..T-1)."""
+    import torch
+
+    from gdn.models.layers import apply_rotary, rotary_tables
+
+    B, T, _ = x.shape
+    H, D = module.n_heads, module.head_dim
+    q = module.q_proj(x).float().view(B, T, H, D).transpose(1, 2)
+    k = module.k_proj(x).float().view(B, T, H, D).transpose(1, 2)
+    if rope is None:
+        rope = rotary_tables(T, D, module.rope_theta, x.device)
+    cos, sin = rope[0].float(), rope[1].float()
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    return torch.matmul(q, k.transpose(-1, -2)) * module.scale
+
+
+def _attention_logits_hook(store: dict):
+    """Forward hook (with kwargs) on a Transformer Attention: records the mean |q.k * scale| over
+    the causal entries, recomputed from the attention's input."""
+
+    def hook(module, args, kwargs, _output):
+        x = (args[0] if args else kwargs["x"]).detach()
+        logits = attention_logits(module, x, kwargs.get("rope"))
+        store.setdefault("attn_logits", []).append(_causal_mean_abs(logits).float())
+
+    return hook
+
+
+def _gate_parts_hook(store: dict, w0: dict | None):
+    """Forward hook on a GDN mixer: from its input x_t, the gate logits' init part c*W0*x_t and,
+    given the initial weights w0 {"a": W0_a, "b": W0_b}, the update part c*(W_t - W0)*x_t."""
+    import torch.nn.functional as F
+
+    def hook(module, args, _output):
+        x = args[0].detach().float()
+        for gate, proj in (("a", module.a_proj), ("b", module.b_proj)):
+            c = proj.multiplier
+            weight = proj.weight.detach().float()
+            initial = weight if w0 is None else w0[id(module)][gate]
+            store.setdefault(f"gate_{gate}_init", []).append(F.linear(x, initial) * c)
+            if w0 is not None:
+                store.setdefault(f"gate_{gate}_update", []).append(F.linear(x, weight - initial) * c)
+
+    return hook
+
+
 @contextmanager
-def _recording(model: torch.nn.Module):
-    """Forward hooks that collect each module family's output inside the `with` block."""
-    store: dict[str, list[torch.Tensor]] = {}
+def _recording(model, gate_w0: dict | None = None):
+    """Forward hooks that collect each module family's output inside the `with` block.
+
+    gate_w0: the GDN mixers' initial gate weights (`initial_gate_weights`); None at step 0,
+    where W_t = W0 and the update part is zero."""
+    import torch
+
+    store: dict[str, list] = {}
     handles = []
 
     def keep(name, transform=None):
@@ -148,7 +308,10 @@ def _recording(model: torch.nn.Module):
             # The state's size that matters is what the readout o = S^T q sees with a unit q:
             # the L2 norm over the key index, per (batch, head, value channel).
             handles.append(mixer.tap_state.register_forward_hook(keep("state", lambda s: s.float().norm(dim=-2))))
+            handles.append(mixer.register_forward_hook(_gate_parts_hook(store, gate_w0)))
             mixer.record_state = True
+        elif hasattr(mixer, "q_proj") and hasattr(mixer, "scale"):
+            handles.append(mixer.register_forward_hook(_attention_logits_hook(store), with_kwargs=True))
     try:
         yield store
     finally:
@@ -160,67 +323,95 @@ def _recording(model: torch.nn.Module):
 
 def _decay_from(mixer):
     """g = -exp(A_log) * softplus(a + dt_bias) from the scaled gate logit the tap sees."""
+    import torch.nn.functional as F
 
-    def decay(a_scaled: torch.Tensor) -> torch.Tensor:
+    def decay(a_scaled):
         return -mixer.A_log.detach().float().exp() * F.softplus(a_scaled.float() + mixer.dt_bias.detach().float())
 
     return decay
 
 
-@torch.no_grad()
-def probe(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> ProbeResult:
-    with _recording(model) as store:
+def initial_gate_weights(model) -> dict:
+    """{id(mixer): {"a": W0_a, "b": W0_b}} float32 copies of every GDN mixer's gate weights."""
+    return {id(block.mixer): {"a": block.mixer.a_proj.weight.detach().float().clone(),
+                              "b": block.mixer.b_proj.weight.detach().float().clone()}
+            for block in model.blocks if hasattr(block.mixer, "a_proj")}
+
+
+def probe(model, inputs, targets, gate_w0: dict | None = None) -> ProbeResult:
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad(), _recording(model, gate_w0) as store:
         logits = model(inputs).logits
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1)).item()
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1)).item()
     return ProbeResult(tensors=store, loss=loss)
 
 
 def sizes(result: ProbeResult, baseline: ProbeResult | None) -> dict[str, float]:
-    """Mean |x| per module family (layer-averaged) and, given a baseline, mean |x - x_0|."""
+    """Mean |x| per module family (layer-averaged) and, given a baseline, mean |x - x_0| (the
+    change's name from DELTA_OF: for the gates' init part that is the W0 dx term)."""
     out = {}
     for name, per_layer in result.tensors.items():
         out[name] = float(np.mean([t.abs().mean().item() for t in per_layer]))
-        if baseline is not None:
+        if baseline is not None and name in DELTA_OF:
             base = baseline.tensors[name]
             changes = [(t - b).abs().mean().item() for t, b in zip(per_layer, base, strict=True)]
-            out["delta_" + name] = float(np.mean(changes))
+            out[DELTA_OF[name]] = float(np.mean(changes))
     out["loss"] = result.loss
     return out
 
 
 def check_one(spec, variant, width, seed, settings, train, vocab_size, tokens, probe_batch, device) -> list[dict]:
-    """Rows for one (width, seed): every module's size at steps 0..steps."""
+    """Rows for one (width, seed): every module's size at the recorded steps."""
+    import torch
+    import torch.nn.functional as F
+
+    from gdn.build import build_model
+    from gdn.data.tokens import train_batch
+    from gdn.parametrization import optimizer_groups
+
     torch.manual_seed(seed)
-    built = build_model(spec, variant, width, vocab_size, seed)
+    with torch.no_grad():  # initialization writes into the parameters
+        built = build_model(spec, variant, width, vocab_size, seed)
     model = built.model.to(device)
     model.train()
-    lr = 2.0 ** settings["log2_lr"]
+    log2_lr = log2_lr_for(settings, variant)
+    lr = 2.0**log2_lr
     groups = optimizer_groups(model, built.infos, lr, float(train.get("weight_decay", 0.0)))
-    # No warmup, schedule or clipping: a global-norm clip couples the parameters and would
-    # hide the per-role width scaling the check is there to see.
+    # No decay schedule or clipping (a global-norm clip couples the parameters and would hide the
+    # per-role width scaling the check is there to see); an optional linear warmup.
     opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(train.get("betas", (0.9, 0.95))), eps=settings["adam_eps"])
+    peak = [g["lr"] for g in opt.param_groups]
     inputs, targets = (t.to(device) for t in probe_batch)
+    recorded = set(record_steps(settings["steps"]))
     baseline = probe(model, inputs, targets)
-    rows = [_row(variant, width, seed, 0, name, value) for name, value in sizes(baseline, None).items()]
+    w0 = initial_gate_weights(model)
+    rows = [_row(variant, width, seed, 0, log2_lr, name, value) for name, value in sizes(baseline, None).items()]
     for step in range(1, settings["steps"] + 1):
+        factor = warmup_factor(step, settings["warmup_steps"])
+        for group, peak_lr in zip(opt.param_groups, peak, strict=True):
+            group["lr"] = peak_lr * factor
         x, y = (t.to(device) for t in train_batch(tokens, settings["batch_size"], settings["seq_len"], seed, step - 1))
         logits = model(x).logits
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        measured = sizes(probe(model, inputs, targets), baseline)
-        rows += [_row(variant, width, seed, step, name, value) for name, value in measured.items()]
+        if step in recorded:
+            measured = sizes(probe(model, inputs, targets, w0), baseline)
+            rows += [_row(variant, width, seed, step, log2_lr, name, value) for name, value in measured.items()]
     return rows
 
 
-def _row(variant, width, seed, step, module, value) -> dict:
+def _row(variant, width, seed, step, log2_lr, module, value) -> dict:
     quantity, rule = MODULES[module]
     return {
         "variant": variant,
         "width": width,
         "seed": seed,
         "step": step,
+        "log2_lr": log2_lr,
         "module": module,
         "quantity": quantity,
         "rule": rule,
@@ -228,10 +419,14 @@ def _row(variant, width, seed, step, module, value) -> dict:
     }
 
 
-def run_check(variant: str, config: dict, tokens: np.ndarray, device: torch.device) -> tuple[list[dict], dict]:
+def run_check(variant: str, config: dict, tokens: np.ndarray, device) -> tuple[list[dict], dict]:
+    from gdn.data.tokens import train_batch
+    from gdn.variants import VARIANTS
+
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
     settings = settings_from_config(config)
+    log2_lr_for(settings, variant)  # a mapping without this variant fails before any training
     spec = model_spec_for_check(config["model"], settings)
     train = config.get("train") or {}
     vocab_size = int(config["vocab_size"])
@@ -246,7 +441,23 @@ def run_check(variant: str, config: dict, tokens: np.ndarray, device: torch.devi
 
 
 # ---------------------------------------------------------------------------------------------
-# Judging
+# Judging (numpy and pandas only)
+
+# Upper 0.95 quantiles of Student's t for 1..30 degrees of freedom (two-sided 90% intervals).
+_T95 = (6.3138, 2.9200, 2.3534, 2.1318, 2.0150, 1.9432, 1.8946, 1.8595, 1.8331, 1.8125, 1.7959, 1.7823,
+        1.7709, 1.7613, 1.7531, 1.7459, 1.7396, 1.7341, 1.7291, 1.7247, 1.7207, 1.7171, 1.7139, 1.7109,
+        1.7081, 1.7056, 1.7033, 1.7011, 1.6991, 1.6973)
+
+
+def t_quantile_95(dof: int) -> float:
+    """Upper 0.95 quantile of Student's t (table to 30 degrees of freedom, Cornish-Fisher beyond)."""
+    if dof < 1:
+        return math.nan
+    if dof <= len(_T95):
+        return _T95[dof - 1]
+    z = 1.6448536269514722
+    return (z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3))
 
 
 def _fit_slope(log_w: np.ndarray, log_y: np.ndarray) -> tuple[float, float]:
@@ -260,27 +471,41 @@ def _fit_slope(log_w: np.ndarray, log_y: np.ndarray) -> tuple[float, float]:
     return float(slope), se
 
 
-def analyze(coord: pd.DataFrame, settings: dict) -> dict[str, pd.DataFrame]:
-    """Slopes of log2 mean |x| vs log2 width per (variant, module, step), with flags.
+def slope_status(rule: str, low: float, high: float, slope: float, tolerance: float) -> str:
+    """ok / unclear / flagged for a slope with CI [low, high] against the band ±tolerance."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        # no CI (one seed, two widths): the point estimate decides
+        outside = slope > tolerance if rule == "bounded" else abs(slope) > tolerance
+        return "flagged" if outside else "ok"
+    if rule == "bounded":
+        return "flagged" if low > tolerance else ("ok" if high <= tolerance else "unclear")
+    if low > tolerance or high < -tolerance:
+        return "flagged"
+    return "ok" if -tolerance <= low and high <= tolerance else "unclear"
 
-    settings: `slope_tolerance` (default 0.25) and `noise_factor` (default 3). A slope is
-    flagged when |slope| > tolerance = max(slope_tolerance, noise_factor * se), where se is
-    the standard error of the seed-averaged slope (seed-to-seed spread / sqrt(n_seeds); the
-    regression's own standard error when there is one seed). 0.25 is half the smallest
-    exponent error a wrong rule produces (a missing 1/sqrt(m) gives slope +-0.5), so a
-    flag means the measured exponent is closer to a rule violation than to zero.
+
+SLOPE_COLUMNS = ["variant", "module", "quantity", "rule", "judged", "step", "slope", "slope_se", "slope_ci_low",
+                 "slope_ci_high", "n_widths", "n_seeds", "width_min", "width_max", "tolerance", "status", "flagged"]
+
+
+def analyze(coord: pd.DataFrame, settings: dict) -> dict[str, pd.DataFrame]:
+    """Slopes of log2 mean |x| vs log2 width per (variant, module, step), with CIs and status.
+
+    settings: `slope_tolerance` (default 0.25) and `noise_factor` (default 3); the rule is in
+    the module docstring. Pure pandas/numpy: imports nothing heavy.
 
     Returns:
-      coord_slopes  variant, module, quantity, rule, judged, step, slope, slope_se, n_widths,
-                    n_seeds, width_min, width_max, tolerance, flagged
-      coord_verdict variant, step (the last one), n_judged, n_flagged, flagged_modules, verdict
+      coord_slopes  SLOPE_COLUMNS: slope (of the seed-averaged sizes), slope_se, slope_ci_low/high
+                    (CI_LEVEL), tolerance (the band's half-width), status (ok | unclear | flagged,
+                    computed for every row), flagged (status == flagged), judged (the row counts
+                    towards the verdict)
+      coord_verdict variant, step (the last one), n_judged, n_flagged, n_unclear, flagged_modules,
+                    unclear_modules, verdict
     """
     floor = float(settings.get("slope_tolerance", DEFAULTS["slope_tolerance"]))
     factor = float(settings.get("noise_factor", DEFAULTS["noise_factor"]))
-    slope_cols = ["variant", "module", "quantity", "rule", "judged", "step", "slope", "slope_se", "n_widths",
-                  "n_seeds", "width_min", "width_max", "tolerance", "flagged"]
     if coord.empty:
-        empty = pd.DataFrame(columns=slope_cols)
+        empty = pd.DataFrame(columns=SLOPE_COLUMNS)
         return {"coord_slopes": empty, "coord_verdict": _verdicts(empty)}
     df = coord.copy()
     if "rule" not in df:
@@ -301,32 +526,47 @@ def analyze(coord: pd.DataFrame, settings: dict) -> dict[str, pd.DataFrame]:
         mean_log = g.assign(log_y=np.log2(g["mean_abs"])).groupby("width")["log_y"].mean()
         slope, reg_se = _fit_slope(np.log2(mean_log.index.to_numpy(float)), mean_log.to_numpy())
         slopes = np.array([s for s, _ in per_seed])
-        se = float(slopes.std(ddof=1) / math.sqrt(len(slopes))) if len(slopes) >= 2 else reg_se
-        tolerance = max(floor, factor * se) if np.isfinite(se) else floor
+        if len(slopes) >= 2:
+            se = float(slopes.std(ddof=1) / math.sqrt(len(slopes)))
+            t = t_quantile_95(len(slopes) - 1)
+        else:
+            se, t = reg_se, t_quantile_95(len(widths) - 2)
+        half = t * se if np.isfinite(se) else math.nan
+        if np.isfinite(reg_se):
+            half = max(half, factor * reg_se) if np.isfinite(half) else factor * reg_se
         rule = g["rule"].iloc[0]
+        judged = rule in ("size", "update", "bounded") and int(step) >= JUDGED_FROM_STEP.get(module, 0)
+        status = slope_status(rule, slope - half, slope + half, slope, floor)
         out.append({
             "variant": variant, "module": module, "quantity": g["quantity"].iloc[0], "rule": rule,
-            "judged": rule in ("size", "update"), "step": int(step), "slope": slope, "slope_se": se,
-            "n_widths": len(widths), "n_seeds": len(slopes), "width_min": int(widths[0]),
-            "width_max": int(widths[-1]), "tolerance": tolerance, "flagged": bool(abs(slope) > tolerance),
+            "judged": judged, "step": int(step), "slope": slope, "slope_se": se,
+            "slope_ci_low": slope - half, "slope_ci_high": slope + half, "n_widths": len(widths),
+            "n_seeds": len(slopes), "width_min": int(widths[0]), "width_max": int(widths[-1]),
+            "tolerance": floor, "status": status, "flagged": status == "flagged",
         })
-    slopes_df = pd.DataFrame(out, columns=slope_cols)
+    slopes_df = pd.DataFrame(out, columns=SLOPE_COLUMNS)
     return {"coord_slopes": slopes_df, "coord_verdict": _verdicts(slopes_df)}
 
 
 def _verdicts(slopes: pd.DataFrame) -> pd.DataFrame:
-    """Per variant at its last step: which judged modules scale with width."""
-    cols = ["variant", "step", "n_judged", "n_flagged", "flagged_modules", "verdict"]
+    """Per variant at its last step: which judged modules scale with width, which are unclear."""
+    cols = ["variant", "step", "n_judged", "n_flagged", "n_unclear", "flagged_modules", "unclear_modules", "verdict"]
     rows = []
     for variant, g in slopes.groupby("variant", sort=True):
         last = g[g["step"] == g["step"].max()]
-        judged = last[last["judged"]]
-        bad = judged[judged["flagged"]]
-        names = ", ".join(f"{m} ({s:+.2f})" for m, s in zip(bad["module"], bad["slope"], strict=True))
+        judged = last[last["judged"].astype(bool)]
+        bad = judged[judged["status"] == "flagged"]
+        unclear = judged[judged["status"] == "unclear"]
+
+        def names(frame):
+            return ", ".join(f"{r.module} ({r.slope:+.2f} [{r.slope_ci_low:+.2f}, {r.slope_ci_high:+.2f}])"
+                             for r in frame.itertuples())
+
+        verdict = "scales with width" if len(bad) else ("unclear" if len(unclear) else "width-stable")
         rows.append({
             "variant": variant, "step": int(last["step"].iloc[0]), "n_judged": len(judged), "n_flagged": len(bad),
-            "flagged_modules": names,
-            "verdict": "width-stable" if bad.empty else "scales with width",
+            "n_unclear": len(unclear), "flagged_modules": names(bad), "unclear_modules": names(unclear),
+            "verdict": verdict,
         })
     return pd.DataFrame(rows, columns=cols)
 
@@ -335,18 +575,20 @@ def judgement_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
     """Human-readable judgement after the last step: one line per judged module, then the verdict."""
     slopes = tables["coord_slopes"]
     lines = []
+    marks = {"flagged": "FLAG", "unclear": "??  ", "ok": "ok  "}
     for variant, g in slopes.groupby("variant", sort=True):
-        last = g[(g["step"] == g["step"].max()) & g["judged"]]
+        last = g[(g["step"] == g["step"].max()) & g["judged"].astype(bool)]
         widths = f"{int(g['width_min'].min())}..{int(g['width_max'].max())}"
-        lines.append(f"{variant}: step {int(g['step'].max())}, widths {widths}")
+        lines.append(f"{variant}: step {int(g['step'].max())}, widths {widths}, {CI_LEVEL:.0%} CIs")
         for r in last.itertuples():
-            mark = "FLAG" if r.flagged else "ok  "
-            lines.append(f"  {mark} {r.module:<14} rule={r.rule:<6} slope={r.slope:+.3f}  tol={r.tolerance:.3f}")
+            lines.append(f"  {marks.get(r.status, r.status)} {r.module:<14} rule={r.rule:<7} slope={r.slope:+.3f} "
+                         f"[{r.slope_ci_low:+.3f}, {r.slope_ci_high:+.3f}]  band=±{r.tolerance:.2f}")
         verdict = tables["coord_verdict"]
         v = verdict[verdict["variant"] == variant]
         if not v.empty:
-            flagged = f": {v['flagged_modules'].iloc[0]}" if v["n_flagged"].iloc[0] else ""
-            lines.append(f"  => {v['verdict'].iloc[0]}{flagged}")
+            v = v.iloc[0]
+            detail = v["flagged_modules"] if v["n_flagged"] else (v["unclear_modules"] if v["n_unclear"] else "")
+            lines.append(f"  => {v['verdict']}{': ' + detail if detail else ''}")
     return lines
 
 
@@ -359,6 +601,8 @@ def print_judgement(tables: dict[str, pd.DataFrame]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gdn.variants import VARIANTS
+
     parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     parser.add_argument("--config-json", required=True,
                         help='JSON object: {"model": spec, "coordcheck": {...}, "train": {...}, "vocab_size": int}; '
@@ -368,13 +612,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
-def _describe(device: torch.device) -> str:
+def _describe(device) -> str:
+    import torch
+
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from gdn import devices
+    from gdn.checkpoint import write_json_atomic
+    from gdn.data.tokens import load_meta, load_tokens
+
     config = json.loads(args.config_json)
     if config.get("vocab_size") is None:
         # The tokenize step records the vocabulary beside the tokens; the config may omit it.
@@ -394,6 +646,8 @@ def run(args: argparse.Namespace) -> int:
         "variant": args.variant,
         "config": {"coordcheck": used["settings"], "model": used["model"], "train": config.get("train") or {},
                    "vocab_size": int(config["vocab_size"])},
+        "log2_lr": log2_lr_for(settings, args.variant),
+        "recorded_steps": record_steps(settings["steps"]),
         "device": _describe(device),
         "torch": torch.__version__,
         "wall_s": round(time.time() - start, 2),
