@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import pandas as pd
+
+from gdn.report import export
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -26,3 +30,10 @@ def best_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         SELECT * FROM per_lr
         QUALIFY row_number() OVER (PARTITION BY variant, width ORDER BY loss) = 1
         ORDER BY variant, width""")
+
+
+def add_table(ctx: dict, name: str, table: pd.DataFrame) -> None:
+    """A table a section computed (not in the database), written beside the database's tables and
+    linked like them; without a data directory (a section rendered on its own) nothing is written."""
+    if ctx.get("data_dir") is not None:
+        ctx.setdefault("data", {})[name] = {**export.write_frame(table, name, Path(ctx["data_dir"])), "computed": True}

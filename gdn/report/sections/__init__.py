@@ -1,14 +1,18 @@
-"""Report sections, in page order. Each module has `build(con, ctx) -> dict | None`
-returning {"id", "title", "html"}; None means it has nothing to show for this tier."""
+"""Report sections, in page order: the verdict first, the evidence next, the bookkeeping last.
+Each module has `build(con, ctx) -> dict | None` returning {"id", "title", "html"} and
+optionally "nav" (a short name for the navigation bar); None means it has nothing to show
+for this tier."""
 
 SECTION_MODULES = [
-    "overview",
-    "plan",
     "claims",
     "transfer",
-    "coord",
     "evaluation",
     "curves",
+    "groups",
+    "plan",
+    "coord",
     "performance",
     "runs",
+    "data",
+    "overview",
 ]

@@ -67,5 +67,7 @@ def build(con, ctx):
         source=SOURCE,
         setting=SETTING,
         limit=lm_eval_config.get("limit"),
+        ctx=ctx,
     )
-    return {"id": "evaluation", "title": "Zero-shot evaluation (GDN paper, Table 3 layout)", "html": html}
+    return {"id": "evaluation", "title": "Zero-shot evaluation (GDN paper, Table 3 layout)",
+            "nav": "Evaluation", "html": html}

@@ -1,4 +1,4 @@
-"""What this report is: tier, commit, corpus, device, and how many cells ran."""
+"""Provenance: where the numbers come from — tier, commits, corpus, devices, how many cells ran, the config."""
 
 from gdn.report.queries import frame
 from gdn.report.templating import render
@@ -12,7 +12,7 @@ def build(con, ctx):
                sum(wall_s) AS wall_s, string_agg(DISTINCT device, '; ') AS devices,
                string_agg(DISTINCT commit, '; ') AS commits
         FROM runs GROUP BY variant ORDER BY variant""")
-    return {"id": "overview", "title": "Overview",
+    return {"id": "overview", "title": "Provenance", "nav": "Provenance",
             "html": render("sections/overview.html.j2", counts=counts, ctx=ctx,
                            evaluated=evaluation_coverage(con, ctx))}
 

@@ -99,7 +99,7 @@ def build(con, ctx):
     kernels = _rows(con, "kernel_bench")
     if kernels is not None:
         kernels = kernels.drop(columns=["source_file"], errors="ignore")
-    return {"id": "performance", "title": "Performance",
+    return {"id": "performance", "title": "Performance", "nav": "Performance",
             "html": render("sections/performance.html.j2", suites=suites, overhead=parts.get("overhead"),
                            throughput=parts.get("throughput"),
                            throughput_ratios=(throughput_ratios(parts["throughput"])
@@ -111,4 +111,4 @@ def build(con, ctx):
                                           if parts.get("inference") is not None else None),
                            decode_target=DECODE_TARGET,
                            claimed_overhead=CLAIMED_OVERHEAD["gating_normalization_forward_overhead"],
-                           claimed_inference=CLAIMED_INFERENCE_1B)}
+                           claimed_inference=CLAIMED_INFERENCE_1B, ctx=ctx)}

@@ -8,4 +8,5 @@ def build(con, ctx):
     runs = frame(con, "SELECT * FROM runs ORDER BY variant, width, log2_lr, seed")
     if runs.empty:
         return None
-    return {"id": "runs", "title": "All runs", "html": render("sections/runs.html.j2", runs=runs)}
+    return {"id": "runs", "title": "All runs", "nav": "Runs",
+            "html": render("sections/runs.html.j2", runs=runs, ctx=ctx)}
