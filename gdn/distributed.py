@@ -24,25 +24,19 @@ import datetime
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from gdn import checkpoint
 from gdn.config import ConfigError
 
+# torch.distributed.checkpoint, .fsdp and .tensor are imported where they are used: together
+# they take over a second to import, which every single-process job would otherwise pay.
 SHARDED_DIR = "dcp"  # inside the run's checkpoint/ directory
 PROGRESS_FILE = "progress.json"  # step, loop state and RNG, written beside the shards
 STRATEGIES = ("ddp", "fsdp")
@@ -126,6 +120,8 @@ def parallelize(model: torch.nn.Module, settings: dict, world: World, bf16: bool
         return DistributedDataParallel(model, device_ids=device_ids)
     # Parameters all-gathered in bf16 for compute, gradients reduced in fp32, the sharded master
     # weights (what AdamW updates) kept in fp32.
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
         else MixedPrecisionPolicy()
     for block in model.blocks:
@@ -149,7 +145,8 @@ def gradient_sync(model: torch.nn.Module, enabled: bool):
 def clip_grad_norm(model: torch.nn.Module, max_norm: float | None) -> float:
     """Global gradient norm (over every shard) after clipping to `max_norm` (None: no clipping)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
-    if isinstance(norm, DTensor):
+    tensor_module = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor can exist
+    if tensor_module is not None and isinstance(norm, tensor_module.DTensor):
         norm = norm.full_tensor()
     return norm.item()
 
@@ -193,16 +190,20 @@ def _progress(sharded_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, extra: dict, world: World | None) -> None:
-    """A single process writes `state.pt` (gdn.checkpoint); several write a sharded checkpoint."""
+def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, extra: dict, world: World | None,
+                    config_fingerprint: str | None = None) -> None:
+    """A single process writes a verified `step-<N>.pt` (gdn.checkpoint); several write a sharded checkpoint."""
     if world is None:
-        checkpoint.save(ckpt_dir, model, optimizer, step, extra)
+        checkpoint.save(ckpt_dir, model, optimizer, step, extra, config_fingerprint)
     else:
         save_sharded(ckpt_dir, model, optimizer, step, extra, world)
 
 
 def save_sharded(ckpt_dir: Path, model, optimizer, step: int, extra: dict, world: World) -> None:
     """Every rank writes its shards to a fresh directory; rank 0 then moves it into place."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     tmp = ckpt_dir / (SHARDED_DIR + ".tmp")
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -220,6 +221,9 @@ def save_sharded(ckpt_dir: Path, model, optimizer, step: int, extra: dict, world
 
 
 def _load_sharded(sharded_dir: Path, model, optimizer) -> tuple[int, dict]:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     # get_state_dict gives the layout this process holds (its shards, FQN keys, optimizer state
     # initialized); DCP fills it from whatever layout the checkpoint was written in.
     model_state, optimizer_state = get_state_dict(model, optimizer)
@@ -231,31 +235,27 @@ def _load_sharded(sharded_dir: Path, model, optimizer) -> tuple[int, dict]:
     return progress["step"], progress["extra"]
 
 
-def _single_process_step(ckpt_dir: Path) -> int | None:
-    path = ckpt_dir / checkpoint.STATE_FILE
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["step"]
-
-
-def resume(ckpt_dir: Path, model, optimizer, world: World | None) -> tuple[int, dict] | None:
+def resume(ckpt_dir: Path, model, optimizer, world: World | None, config_fingerprint: str | None = None,
+           rejected: list | None = None) -> tuple[int, dict] | None:
     """Restores the newest checkpoint in `ckpt_dir`; returns (next step, loop state) or None.
 
-    A single process writes `state.pt` (gdn.checkpoint) and reads it or a sharded checkpoint;
-    several processes write and read sharded checkpoints (`dcp/`).
+    A single process writes verified `step-<N>.pt` files (gdn.checkpoint) and reads them or a
+    sharded checkpoint; several processes write and read sharded checkpoints (`dcp/`).
     """
     sharded = ckpt_dir / SHARDED_DIR
     progress = _progress(sharded)
     if world is None and progress is None:
-        return checkpoint.load(ckpt_dir, model, optimizer)
-    single_step = _single_process_step(ckpt_dir)
+        return checkpoint.load(ckpt_dir, model, optimizer, config_fingerprint, rejected=rejected)
+    single_step = checkpoint.newest_step(ckpt_dir)
     if world is None:
         if single_step is not None and single_step >= progress["step"]:
-            return checkpoint.load(ckpt_dir, model, optimizer)
+            resumed = checkpoint.load(ckpt_dir, model, optimizer, config_fingerprint, rejected=rejected)
+            if resumed is not None and resumed[0] >= progress["step"]:
+                return resumed
         return _load_sharded(sharded, model, optimizer)
     if single_step is not None and (progress is None or single_step > progress["step"]):
-        raise RuntimeError(f"{ckpt_dir / checkpoint.STATE_FILE} was written by a single-process run; resume it "
-                           f"with one process (python -m gdn train) or remove {ckpt_dir} to start over")
+        raise RuntimeError(f"{checkpoint.checkpoint_path(ckpt_dir, single_step)} was written by a single-process "
+                           f"run; resume it with one process (python -m gdn train) or remove {ckpt_dir} to start over")
     if progress is None:
         return None
     return _load_sharded(sharded, model, optimizer)
@@ -267,6 +267,8 @@ def save_pretrained(model, out_dir: Path, world: World | None) -> None:
     if world is None:
         model.save_pretrained(out_dir)
         return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if world.is_main:
         unwrap(model).save_pretrained(out_dir, state_dict=state)

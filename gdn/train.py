@@ -75,11 +75,19 @@ def _eval_rows(x, y, world):
 
 
 def _truncate_log(log_path: Path, last_step: int) -> None:
-    """Drops log lines written after the checkpoint being resumed from."""
+    """Drops log lines written after the checkpoint being resumed from, and a line cut short by
+    a kill (a process killed while writing leaves a partial last line)."""
     if not log_path.exists():
         return
-    kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    log_path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= last_step:
+            kept.append(line)
+    checkpoint.write_text_atomic(log_path, "".join(line + "\n" for line in kept))
 
 
 def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: Path, tokenizer_json: Path,
@@ -101,7 +109,9 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
         return contextlib.nullcontext()
 
     meta = load_meta(train_bin)
-    train_tokens, valid_tokens = load_tokens(train_bin), load_tokens(valid_bin)
+    # Too little text for one window is named here, before any model is built.
+    train_tokens = load_tokens(train_bin, cfg["seq_len"] + 2, f"train.seq_len + 2 = {cfg['seq_len'] + 2}")
+    valid_tokens = load_tokens(valid_bin, cfg["seq_len"] + 1, f"train.seq_len + 1 = {cfg['seq_len'] + 1}")
     torch.manual_seed(cell["seed"])
     built = build_model(model_spec, cell["variant"], cell["width"], meta["vocab_size"], seed=cell["seed"])
     model = built.model.to(device)
@@ -123,7 +133,10 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
     B, T = cfg["batch_size"], cfg["seq_len"]
     tokens_per_step = B * T * accum
     ckpt_dir, log_path = out_dir / "checkpoint", out_dir / "log.jsonl"
-    resumed = distributed.resume(ckpt_dir, model, optimizer, world)
+    # A checkpoint belongs to this cell under this configuration (not to a later edit of it).
+    config_fingerprint = checkpoint.fingerprint(cell, model_spec, cfg, meta.get("tokenizer_sha256"))
+    set_aside: list[dict] = []  # checkpoints found damaged on resume (named on stderr, kept in metrics)
+    resumed = distributed.resume(ckpt_dir, model, optimizer, world, config_fingerprint, set_aside)
     start_step, state = (0, {"initial_loss": None, "wall_s": 0.0, "status": "running"}) if resumed is None else resumed
     if is_main and resumed is None:
         log_path.unlink(missing_ok=True)
@@ -133,6 +146,7 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
     log_every, eval_every = cfg.get("log_every", 10), cfg.get("eval_every", steps)
     ckpt_every = cfg.get("checkpoint_every", max(1, steps // 4))
     recent_losses: list[float] = state.get("recent_losses", [])
+    state["set_aside"] = state.get("set_aside", []) + set_aside  # carried by later checkpoints into metrics.json
     wall_before = state["wall_s"]  # wall time spent before this process (when resuming)
     t_start = time.perf_counter() - wall_before
     val_loss = state.get("val_loss")
@@ -177,7 +191,7 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
                 val_loss = validation_loss(model, valid_tokens, cfg, device, autocast, world)
                 entry["val_loss"] = val_loss
             if step % log_every == 0 or last or "val_loss" in entry or diverged:
-                log.write(json.dumps(entry) + "\n")
+                log.write(json.dumps(checkpoint.json_safe(entry)) + "\n")  # a non-finite loss is logged as null
                 log.flush()
                 bar.set_postfix(loss=f"{loss_value:.3f}")
             if diverged:
@@ -185,7 +199,7 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
                 break
             if (step + 1) % ckpt_every == 0 and not last:
                 state.update(wall_s=time.perf_counter() - t_start, recent_losses=recent_losses, val_loss=val_loss)
-                distributed.save_checkpoint(ckpt_dir, model, optimizer, step + 1, state, world)
+                distributed.save_checkpoint(ckpt_dir, model, optimizer, step + 1, state, world, config_fingerprint)
     wall = time.perf_counter() - t_start
     steps_done = step + 1 if steps > start_step else start_step
 
@@ -217,6 +231,7 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
                           "n_tensors": len(g["params"])} for g in optimizer.param_groups],
         "config": {"model": model_spec, "train": cfg, "vocab_size": meta["vocab_size"],
                    "tokenizer_sha256": meta["tokenizer_sha256"]},
+        "checkpoints_set_aside": state["set_aside"],
         "versions": provenance.versions(),
         "commit": provenance.git_commit(),
     }

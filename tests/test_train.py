@@ -95,7 +95,8 @@ def test_killed_run_resumes_to_identical_metrics(token_files, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         log = out / "log.jsonl"
-        if (out / "checkpoint" / "state.pt").exists() and log.exists() and len(log.read_text().splitlines()) > 22:
+        if list((out / "checkpoint").glob("step-*.pt.sha256.json")) and log.exists() \
+                and len(log.read_text().splitlines()) > 22:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
