@@ -162,3 +162,21 @@ def render_tier(root: Path, monkeypatch, tier: str = "t", analyze=analysis) -> P
 
     database = build_database(root, monkeypatch, tier, analyze)
     return render.render_report(database, root / "reports" / tier / "index.html")
+
+
+def write_coord(root: Path, tier: str = "t") -> list[str]:
+    """Coordinate-check files: mean |x| per module against width, flat for μP, growing for SP."""
+    files = []
+    for variant in VARIANTS:
+        rows = []
+        for width in WIDTHS:
+            for step in (0, 10):
+                for module in ("embedding", "mixer", "mlp"):
+                    growth = 0.0 if not variant.endswith("_sp") or step == 0 else 0.5
+                    rows.append({"variant": variant, "width": width, "seed": 0, "step": step, "log2_lr": -8.0,
+                                 "module": module, "mean_abs": (width / BASE_WIDTH) ** growth})
+        path = root / "results" / "coord" / tier / f"{variant}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rows": rows, "device": "cpu", "commit": COMMIT}))
+        files.append(str(path))
+    return files
