@@ -333,11 +333,21 @@ class Cell:
         return f"{self.tier}/{self.variant}/w{self.width}/{lr_key(self.log2_lr)}/s{self.seed}"
 
 
+EVALUATE_SELECTION = ("widths", "seeds", "log2_lrs")  # which cells the workflow evaluates, not how
+
+
 def evaluated_cells(config: dict) -> list[Cell]:
-    """The cells the workflow evaluates (evaluate.widths and evaluate.seeds)."""
+    """The cells the workflow evaluates (evaluate.widths, evaluate.seeds and evaluate.log2_lrs)."""
     evaluate = settings(config, "evaluate")
-    widths, seeds = evaluate["widths"], evaluate["seeds"]
-    return [c for c in cells(config) if (widths == "all" or c.width in widths) and (seeds == "all" or c.seed in seeds)]
+
+    def chosen(key: str, value) -> bool:
+        allowed = evaluate[key]
+        if allowed == "all":
+            return True
+        return any(math.isclose(value, a) for a in allowed) if key == "log2_lrs" else value in allowed
+
+    return [c for c in cells(config)
+            if chosen("widths", c.width) and chosen("seeds", c.seed) and chosen("log2_lrs", c.log2_lr)]
 
 
 def grid_cells(config: dict) -> list[Cell]:

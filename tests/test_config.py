@@ -235,3 +235,11 @@ def test_shipped_tiers_validate_as_snakemake_combines_them():
     for overlay in ("study.yaml", "paper.yaml", "bench-only.yaml"):
         config = C.combine(REPO / "config" / overlay, workflow_config=REPO / "config" / "config.yaml")
         C.validate(config, base_dir=REPO)
+
+
+def test_evaluated_cells_follow_widths_seeds_and_learning_rates(cfg):
+    cfg["evaluate"] = {"widths": [32], "log2_lrs": [-6]}
+    assert {(c.variant, c.width, c.log2_lr) for c in C.evaluated_cells(cfg)} == {
+        ("transformer_mup", 32, -6.0), ("gdn_mup", 32, -6.0)}
+    cfg["evaluate"] = {"widths": "all", "seeds": [1]}
+    assert C.evaluated_cells(cfg) == []

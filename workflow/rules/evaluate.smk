@@ -50,7 +50,10 @@ rule evaluate:
         jobs_per_gpu=config.get("jobs_per_gpu", 1),
         device=config["device"],
         tasks_dir=lambda wildcards, input: os.path.dirname(input.tasks[0]),
-        cfg=shlex.quote(json.dumps(EVAL_CFG, sort_keys=True)),
+        # how to evaluate, without which cells (choosing other cells must not rerun these)
+        cfg=shlex.quote(
+            json.dumps({k: v for k, v in EVAL_CFG.items() if k not in gdn_config.EVALUATE_SELECTION}, sort_keys=True)
+        ),
         run=lambda wildcards, input: os.path.dirname(input.metrics),
         out=lambda wildcards, output: os.path.dirname(output.wikitext),
     threads: config["train"].get("threads", 1)
