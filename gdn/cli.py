@@ -17,7 +17,7 @@ COMMANDS = {
     "tokenizer": ("gdn.data.tokenizer", "train or load the tokenizer and save it"),
     "tokenize": ("gdn.data.pack", "tokenize a split into a packed token memmap + meta.json"),
     "train": ("gdn.train", "train one cell (variant x width x lr x seed)"),
-    "prepare-tasks": ("gdn.evaluate.prepare_tasks", "fetch or copy lm-eval task data into resources/lmeval"),
+    "prepare-tasks": ("gdn.evaluate.prepare_tasks", "fetch or copy lm-eval task data into resources/<tier>/lmeval"),
     "evaluate": ("gdn.evaluate.run", "evaluate one trained model (WikiText-103 ppl, lm-eval tasks)"),
     "coordcheck": ("gdn.coordcheck", "activation sizes vs width over the first steps, for one variant"),
     "bench": ("gdn.bench.run", "overhead, throughput and inference benchmarks"),
