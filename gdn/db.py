@@ -340,7 +340,8 @@ def derived_tables(runs: pd.DataFrame, coord: pd.DataFrame, settings: dict) -> d
 
 def connect(db_path: str | Path, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     if not Path(db_path).exists():
-        raise FileNotFoundError(f"{db_path} does not exist: run the ingest step first (snakemake {db_path})")
+        manifest = Path(db_path).with_name(Path(db_path).stem + ".ingest.json")
+        raise FileNotFoundError(f"{db_path} does not exist: run the ingest step first (snakemake {manifest})")
     return duckdb.connect(str(db_path), read_only=read_only)
 
 

@@ -48,6 +48,12 @@ rule ingest:
         " --evals {input.evals} --coord {input.coord} --bench {input.bench} --config-json {params.cfg} > {log} 2>&1"
 
 
+rule database:
+    # `snakemake database` (or the manifest's path): ingest what is there, without the report.
+    input:
+        INGEST_MANIFEST,
+
+
 rule report:
     # The tier's page, its tables as Parquet/CSV beside it, and the list of every tier's report.
     input:
