@@ -24,19 +24,25 @@ import datetime
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from gdn import checkpoint
 from gdn.config import ConfigError
 
-# torch.distributed.checkpoint, .fsdp and .tensor are imported where they are used: together
-# they take over a second to import, which every single-process job would otherwise pay.
 SHARDED_DIR = "dcp"  # inside the run's checkpoint/ directory
 PROGRESS_FILE = "progress.json"  # step, loop state and RNG, written beside the shards
 STRATEGIES = ("ddp", "fsdp")
@@ -120,8 +126,6 @@ def parallelize(model: torch.nn.Module, settings: dict, world: World, bf16: bool
         return DistributedDataParallel(model, device_ids=device_ids)
     # Parameters all-gathered in bf16 for compute, gradients reduced in fp32, the sharded master
     # weights (what AdamW updates) kept in fp32.
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
         else MixedPrecisionPolicy()
     for block in model.blocks:
@@ -145,8 +149,7 @@ def gradient_sync(model: torch.nn.Module, enabled: bool):
 def clip_grad_norm(model: torch.nn.Module, max_norm: float | None) -> float:
     """Global gradient norm (over every shard) after clipping to `max_norm` (None: no clipping)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
-    tensor_module = sys.modules.get("torch.distributed.tensor")  # not imported: no DTensor can exist
-    if tensor_module is not None and isinstance(norm, tensor_module.DTensor):
+    if isinstance(norm, DTensor):
         norm = norm.full_tensor()
     return norm.item()
 
@@ -201,9 +204,6 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, step: int, extra: dict, wo
 
 def save_sharded(ckpt_dir: Path, model, optimizer, step: int, extra: dict, world: World) -> None:
     """Every rank writes its shards to a fresh directory; rank 0 then moves it into place."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
     tmp = ckpt_dir / (SHARDED_DIR + ".tmp")
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -221,9 +221,6 @@ def save_sharded(ckpt_dir: Path, model, optimizer, step: int, extra: dict, world
 
 
 def _load_sharded(sharded_dir: Path, model, optimizer) -> tuple[int, dict]:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
     # get_state_dict gives the layout this process holds (its shards, FQN keys, optimizer state
     # initialized); DCP fills it from whatever layout the checkpoint was written in.
     model_state, optimizer_state = get_state_dict(model, optimizer)
@@ -267,8 +264,6 @@ def save_pretrained(model, out_dir: Path, world: World | None) -> None:
     if world is None:
         model.save_pretrained(out_dir)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if world.is_main:
         unwrap(model).save_pretrained(out_dir, state_dict=state)

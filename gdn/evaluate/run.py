@@ -31,6 +31,7 @@ DEFAULTS = {
     "widths": "all",  # which widths the workflow evaluates: "all" or a list (not used here)
     "wikitext": {
         "stride": None,  # token perplexity: null = disjoint windows; k < context = sliding by k
+        "max_pages": None,  # score only the first N pages of the test file (a smoke test); null = all 62
     },
     "lm_eval": {
         "tasks": list(DEFAULT_TASKS),
@@ -175,13 +176,15 @@ def evaluate_run(run_dir, wikitext_test, tasks_dir, config: dict, out, device: s
     }
 
     start = time.perf_counter()
-    wikitext_rows = evaluate_wikitext(scorer, wikitext_test, settings["wikitext"]["stride"])
+    wikitext_rows = evaluate_wikitext(scorer, wikitext_test, settings["wikitext"]["stride"],
+                                      settings["wikitext"]["max_pages"])
     wikitext = {
         **common,
         "wall_s": time.perf_counter() - start,
         "settings": {
             "context": context,
             "stride": settings["wikitext"]["stride"],
+            "max_pages": settings["wikitext"]["max_pages"],
             "batch_size": settings["batch_size"],
             "threads": settings["threads"],
             "test_file": str(Path(wikitext_test).resolve()),

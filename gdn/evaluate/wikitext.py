@@ -90,9 +90,26 @@ def token_metrics(scorer: CausalScorer, raw_text: str, stride: int | None) -> di
     return {"token_perplexity": math.exp(-total_ll / len(tokens)), "tokens": len(tokens)}
 
 
-def evaluate_wikitext(scorer: CausalScorer, test_path: str | Path, stride: int | None) -> list[dict]:
-    """Result rows (task "wikitext103") for the evaluation JSON."""
-    raw_text = read_test_text(test_path)
+def first_pages(raw_text: str, max_pages: int | None) -> str:
+    """The raw text up to the heading of page `max_pages + 1` (None: all of it): a prefix of the
+    file, so its first pages split and score exactly as they do in the whole file."""
+    if max_pages is None:
+        return raw_text
+    offset, pages = 0, 0
+    for line in raw_text.split("\n"):
+        if _PAGE_HEADING.fullmatch(line):
+            pages += 1
+            if pages > max_pages:
+                return raw_text[: offset - 1]  # without the newline before it, as split_pages sees the page
+        offset += len(line) + 1
+    return raw_text
+
+
+def evaluate_wikitext(scorer: CausalScorer, test_path: str | Path, stride: int | None,
+                      max_pages: int | None = None) -> list[dict]:
+    """Result rows (task "wikitext103") for the evaluation JSON. `max_pages` scores only the
+    first pages of the test file (a smoke test's budget; the rows' `documents` count says how many)."""
+    raw_text = first_pages(read_test_text(test_path), max_pages)
     values = {**token_metrics(scorer, raw_text, stride), **document_metrics(scorer, split_pages(raw_text))}
     return [
         {"task": "wikitext103", "metric": name, "value": float(value), "stderr": None} for name, value in values.items()
