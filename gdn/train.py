@@ -227,6 +227,8 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
         "tok_s": (steps_done - start_step) * tokens_per_step / max(wall - wall_before, 1e-9),
         "device": devices.describe(device),
         "precision": "bf16" if use_bf16 else "fp32",
+        # what the scheduler's gpu_mem_mb declaration is checked against (allocator's peak)
+        "peak_gpu_mem_mb": round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None,
         "param_groups": [{"role": g["role"], "lr": g["base_lr"], "weight_decay": g["weight_decay"],
                           "n_tensors": len(g["params"])} for g in optimizer.param_groups],
         "config": {"model": model_spec, "train": cfg, "vocab_size": meta["vocab_size"],

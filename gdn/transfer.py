@@ -336,7 +336,8 @@ def transfer_rows(curves: dict, estimates: dict, boot: dict, settings: dict) -> 
             curve, est = curves[(variant, target)], estimates[(variant, target)]
             target_opt = float(est["opt"][0])
             shift = target_opt - base_opt if np.isfinite(base_opt) or np.isfinite(target_opt) else math.nan
-            shift_draws = boot[(variant, target)]["opt"] - boot[(variant, base)]["opt"]
+            with np.errstate(invalid="ignore"):  # both beyond the same edge: inf - inf, no shift known
+                shift_draws = boot[(variant, target)]["opt"] - boot[(variant, base)]["opt"]
             ci = _interval(shift_draws, level)
             diverged = curve.nearest_failed(base_opt)
             regret = curve.fit_value(est, base_opt) - float(est["fit_min"][0]) if np.isfinite(base_opt) else math.nan

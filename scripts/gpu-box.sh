@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 start=$(date +%s)
 status=0
 # A time limit of our own (GPU_BOX_LIMIT_S) leaves time to pack whatever finished.
-timeout "${GPU_BOX_LIMIT_S:-100000}" python3 -m snakemake "${targets[@]}" --cores "$(nproc)" --configfile "$config" --keep-going \
+timeout -k 20 "${GPU_BOX_LIMIT_S:-100000}" python3 -m snakemake "${targets[@]}" --cores "$(nproc)" --configfile "$config" --keep-going \
   > "$out/snakemake.log" 2>&1 || status=$?
 echo "snakemake exit $status after $(( $(date +%s) - start )) s" | tee -a "$out/gpu.txt"
 tier=$(python3 -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['tier'])" "$config")

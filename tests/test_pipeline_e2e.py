@@ -98,7 +98,7 @@ def test_one_cell_reruns_by_path_and_dry_run_is_clean(pipeline):
     assert done.returncode == 0, done.stderr[-3000:]
     after = json.loads((work / cell).read_text())
     assert after["final_val_loss"] == pytest.approx(before["final_val_loss"], rel=1e-6)  # deterministic on CPU
-    dry = subprocess.run(cmd + ["-n", "results/tiny.duckdb"], env=env, capture_output=True, text=True, timeout=120)
+    dry = subprocess.run(cmd + ["-n", "database"], env=env, capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0
 
 

