@@ -111,3 +111,16 @@ def test_killed_run_resumes_to_identical_metrics(token_files, tmp_path):
         assert resumed[key] == pytest.approx(reference[key], rel=1e-6), key
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(60)), "the log must hold each step once after a resume"
+
+
+def test_json_files_are_standard_json_even_for_non_finite_numbers(tmp_path):
+    """A diverged run's loss may be NaN or infinite; the files say null (strict parsers reject NaN)."""
+    from gdn.checkpoint import write_json_atomic
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    write_json_atomic(tmp_path / "m.json", {"last_train_loss": float("nan"), "curve": [1.0, float("inf")]})
+    parsed = json.loads((tmp_path / "m.json").read_text(), parse_constant=refuse)
+    assert parsed == {"last_train_loss": None, "curve": [1.0, None]}
+    assert not list(tmp_path.glob("*.tmp"))
