@@ -307,7 +307,7 @@ def grid_seeds(config: dict, width: int) -> list[int]:
     """Seeds of the sweep at `width`: `grid.base_width_seeds` at the μP base width (the transfer
     estimate's anchor, so it gets more replicates), `grid.seeds` elsewhere."""
     grid = config["grid"]
-    if width == config["model"]["base_width"] and grid.get("base_width_seeds"):
+    if grid.get("base_width_seeds") and width == (config.get("model") or {}).get("base_width"):
         return list(grid["base_width_seeds"])
     return list(grid["seeds"])
 

@@ -268,18 +268,18 @@ def transferred_lrs(config: dict, runs: pd.DataFrame) -> dict[str, float | None]
     from gdn import transfer
 
     proxy = config["confirm"].get("proxy_width") or max(config["grid"]["widths"])
-    expected = len(gdn_config.grid_log2_lrs(config)) * len(config["grid"]["seeds"])
-    settings = {**transfer.DEFAULTS, **{k: v for k, v in (config.get("transfer") or {}).items() if v is not None}}
     result = {}
     for variant in gdn_config.confirm_variants(config):
+        expected = len(gdn_config.grid_log2_lrs(config, variant)) * len(gdn_config.grid_seeds(config, proxy))
         mine = runs[(runs["variant"] == variant) & (runs["width"] == proxy)]
         finished = mine["status"].isin(["completed", "diverged"]).sum()
         if finished < expected:
             result[variant] = None
             continue
-        optima = transfer.lr_optima(transfer.grid_points(mine), int(settings["fit_neighbors"]))
-        value = float(optima["opt_log2_lr"].iloc[0])
-        result[variant] = None if math.isnan(value) else round(value, 3)
+        optima = transfer.point_optima(mine, config.get("transfer"))
+        value = float(optima["opt_log2_lr"].iloc[0]) if len(optima) else math.nan
+        # an optimum beyond the grid's edge (±inf) cannot be transferred: the sweep must be widened
+        result[variant] = round(value, 3) if math.isfinite(value) else None
     return result
 
 

@@ -54,23 +54,13 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from gdn.config import defaults as config_defaults
 from gdn.variants import VARIANTS
 
-# One home for the defaults; a tier overrides them in its `transfer` config section.
-DEFAULTS = {
-    "base_width": None,  # None: each variant's smallest width
-    "fit_window_octaves": 2.0,
-    "ci_level": 0.9,
-    "bootstrap_draws": 4000,
-    "bootstrap_seed": 0,
-    "transfer_max_abs_shift": 0.5,
-    "ci_bound_octaves": 1.0,
-    "gate_improve_sd": 3.0,
-    "gate_equal_sd": 3.0,
-    "controls": {"negative": "transformer_sp", "positive": "transformer_mup"},
-    # confirm() only: three runs at x1/2, x1, x2 of a transferred LR (tiers that cannot sweep)
-    "confirm_max_regret_nats": 0.03,
-}
+# The defaults live in the config schema (their one home); a tier overrides them in its
+# `transfer` section. `controls` names the variants that must come out "fails" (negative) and
+# "transfers" (positive); `confirm_max_regret_nats` is read by confirm() only.
+DEFAULTS = config_defaults("transfer")
 
 TRANSFERS, FAILS, INCONCLUSIVE = "transfers", "fails", "inconclusive"
 VERDICTS = (TRANSFERS, FAILS, INCONCLUSIVE)

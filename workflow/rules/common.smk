@@ -32,9 +32,12 @@ GPU_PER_JOB = 1 if ON_GPU else 0
 
 def card_memory_mb():
     """What packed GPU jobs may declare together (`gpu_mem_mb`): config key gpu_memory_mb, else
-    the visible cards' memory as nvidia-smi reports it, less 5% for the driver's own use."""
+    the visible cards' memory as nvidia-smi reports it, less 5% for the driver's own use. None
+    where this machine has no nvidia-smi (a cluster's login node: its scheduler places the jobs)."""
     if config.get("gpu_memory_mb"):
         return int(config["gpu_memory_mb"])
+    if shutil.which("nvidia-smi") is None:
+        return None
     import subprocess
 
     query = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
@@ -43,7 +46,7 @@ def card_memory_mb():
 
 
 # Every GPU job declares gpu_mem_mb; a limit given on the command line (--resources) wins.
-if ON_GPU and "gpu_mem_mb" not in workflow.global_resources:
+if ON_GPU and "gpu_mem_mb" not in workflow.global_resources and card_memory_mb() is not None:
     workflow.register_resource("gpu_mem_mb", card_memory_mb())
 
 
