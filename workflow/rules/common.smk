@@ -48,6 +48,7 @@ def card_memory_mb():
 # Every GPU job declares gpu_mem_mb; a limit given on the command line (--resources) wins.
 if ON_GPU and "gpu_mem_mb" not in workflow.global_resources and card_memory_mb() is not None:
     workflow.register_resource("gpu_mem_mb", card_memory_mb())
+    print(f"GPU jobs are packed against {card_memory_mb()} MiB of GPU memory (gpu_mem_mb)", file=sys.stderr)
 
 
 wildcard_constraints:
