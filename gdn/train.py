@@ -138,6 +138,9 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
     set_aside: list[dict] = []  # checkpoints found damaged on resume (named on stderr, kept in metrics)
     resumed = distributed.resume(ckpt_dir, model, optimizer, world, config_fingerprint, set_aside)
     start_step, state = (0, {"initial_loss": None, "wall_s": 0.0, "status": "running"}) if resumed is None else resumed
+    if is_main:
+        for stale in out_dir.glob(".*.tmp"):  # half-written files of a process killed while writing them
+            stale.unlink(missing_ok=True)
     if is_main and resumed is None:
         log_path.unlink(missing_ok=True)
     elif is_main:

@@ -150,6 +150,7 @@ def test_the_schema_is_the_home_of_defaults():
 
 def test_module_defaults_agree_with_the_schema():
     """Until the modules read their defaults from the schema, the two must not drift apart."""
+    from gdn.coordcheck import DEFAULTS as COORDCHECK
     from gdn.evaluate.run import DEFAULTS as EVALUATE
 
     schema = C.defaults("evaluate")
@@ -158,6 +159,7 @@ def test_module_defaults_agree_with_the_schema():
             assert {k: schema[key][k] for k in value} == value, key
         else:
             assert schema[key] == value, key
+    assert C.defaults("coordcheck") == COORDCHECK
 
 
 def test_overlay_combines_as_snakemake_does_and_lrs_need_an_explicit_null(tmp_path):

@@ -263,6 +263,7 @@ def test_a_sequence_of_kills_loses_nothing(tokens, reference, tmp_path):
     _overwrite_middle(newest)
     with open(out / "log.jsonl", "a") as log:
         log.write('{"step": 99, "loss": 1.2')  # a line cut short by the kill
+    (out / ".metrics.json.12345.tmp").write_text('{"run_id": ')  # a write cut short in an earlier process
     done = _run_with_fault(tokens, out, "after-metrics", 1)
     assert str(newest) in done.stderr  # named on the job's log
     assert (out / "metrics.json").exists() and (out / "checkpoint").exists()
