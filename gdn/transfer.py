@@ -303,7 +303,7 @@ def judge(shift: float, ci: tuple[float, float], diverged: bool, settings: dict)
     if diverged:
         return FAILS, "the base width's optimal LR diverges at this width"
     if math.isnan(low) or math.isnan(high):
-        return INCONCLUSIVE, "no confidence interval (too few finished runs)"
+        return INCONCLUSIVE, "no confidence interval: no noise estimate (one seed and no quadratic fit)"
     if low > bound or high < -bound:
         return FAILS, f"the shift's {settings['ci_level']:.0%} CI lies outside ±{bound:g} octave"
     if -bound <= low and high <= bound and abs(shift) <= max_abs:
@@ -326,16 +326,16 @@ def transfer_rows(curves: dict, estimates: dict, boot: dict, settings: dict) -> 
             curve, est = curves[(variant, target)], estimates[(variant, target)]
             target_opt = float(est["opt"][0])
             shift = target_opt - base_opt if np.isfinite(base_opt) or np.isfinite(target_opt) else math.nan
-            with np.errstate(invalid="ignore"):  # both beyond the same edge: inf - inf, no shift known
-                shift_draws = boot[(variant, target)]["opt"] - boot[(variant, base)]["opt"]
-            ci = _interval(shift_draws, level)
             diverged = curve.nearest_failed(base_opt)
             regret = curve.fit_value(est, base_opt) - float(est["fit_min"][0]) if np.isfinite(base_opt) else math.nan
-            b, t = boot[(variant, base)], boot[(variant, target)]
-            with np.errstate(invalid="ignore"):
-                u = b["opt"] - t["opt"]  # distance of the base optimum from the target vertex
-                regret_draws = np.where(t["convex"] & np.isfinite(u), t["curvature"] * u**2, np.nan)
-            r_low, r_high = _interval(regret_draws, level)
+            ci = r_ci = (math.nan, math.nan)  # without a noise estimate (one seed, no fit) there is no CI
+            if boot:
+                b, t = boot[(variant, base)], boot[(variant, target)]
+                with np.errstate(invalid="ignore"):  # both beyond the same edge: inf - inf, no shift known
+                    ci = _interval(t["opt"] - b["opt"], level)
+                    u = b["opt"] - t["opt"]  # distance of the base optimum from the target vertex
+                    r_ci = _interval(np.where(t["convex"] & np.isfinite(u), t["curvature"] * u**2, np.nan), level)
+            r_low, r_high = r_ci
             verdict, reason = judge(shift, ci, diverged, settings)
             rows.append({
                 "variant": variant, "base_width": int(base), "target_width": int(target),
@@ -464,7 +464,7 @@ def analyze(runs: pd.DataFrame, settings: dict | None = None) -> dict[str, pd.Da
         if np.isfinite(noise_sd) and curves else {}
     level = float(s["ci_level"])
     optima = optimum_table(curves, estimates, boot, level, points)
-    transfer = pd.DataFrame(transfer_rows(curves, estimates, boot, s) if boot else [], columns=TRANSFER_COLUMNS)
+    transfer = pd.DataFrame(transfer_rows(curves, estimates, boot, s), columns=TRANSFER_COLUMNS)
     gates = pd.DataFrame(gate_rows(optima, points, noise_sd, s), columns=GATE_COLUMNS)
     controls = pd.DataFrame(control_rows(transfer, s), columns=CONTROL_COLUMNS)
     transfer = apply_gates_and_controls(transfer, gates, controls)

@@ -223,3 +223,11 @@ def test_confirm_reads_three_runs_around_the_transferred_lr():
     assert one(table, variant="gdn_mup").verdict == "transfers"
     moved = sweep("gdn_mup", {2048: -9.0}, grid=np.array([-8.0, -7.0, -6.0]), seeds_base=1, curvature=0.2)
     assert one(transfer.confirm(moved, {"gdn_mup": -7.0}), variant="gdn_mup").verdict == "fails"
+
+
+def test_one_seed_and_two_lrs_still_give_rows_but_no_verdict():
+    runs = sweep("gdn_mup", {16: -7.0, 32: -7.0}, grid=np.array([-8.0, -6.0]), seeds_base=1, seeds=1)
+    table = transfer.analyze(runs, SETTINGS)["transfer"]
+    row = one(table, target_width=32)
+    assert math.isnan(row.shift_ci_low) and row.raw_verdict == "inconclusive"
+    assert "no noise estimate" in row.reason
