@@ -378,7 +378,8 @@ def check_one(spec, variant, width, seed, settings, train, vocab_size, tokens, p
     model.train()
     log2_lr = log2_lr_for(settings, variant)
     lr = 2.0**log2_lr
-    groups = optimizer_groups(model, built.infos, lr, float(train.get("weight_decay", 0.0)))
+    groups = optimizer_groups(model, built.infos, lr, float(train.get("weight_decay", 0.0)),
+                              spec.get("role_lr_multipliers"))
     # No decay schedule or clipping (a global-norm clip couples the parameters and would hide the
     # per-role width scaling the check is there to see); an optional linear warmup.
     opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(train.get("betas", (0.9, 0.95))), eps=settings["adam_eps"])

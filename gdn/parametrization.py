@@ -184,12 +184,19 @@ def initialize_on_device(model: nn.Module, infos: dict[str, ParamInfo], init_std
             module.reset_gate_parameters()
 
 
-def optimizer_groups(model: nn.Module, infos: dict[str, ParamInfo], lr: float, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups with per-role learning rate and weight decay."""
+def optimizer_groups(model: nn.Module, infos: dict[str, ParamInfo], lr: float, weight_decay: float,
+                     role_lr_multipliers: dict[str, float] | None = None) -> list[dict]:
+    """AdamW parameter groups with per-role learning rate and weight decay.
+
+    role_lr_multipliers (`model.role_lr_multipliers`): width-independent constants on a role's
+    learning rate, the per-layer constants μP leaves free. Being the same at every width, they
+    keep μP equal to SP at the base width; they do not change any width scaling.
+    """
+    multipliers = role_lr_multipliers or {}
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         info = infos[name]
-        group_lr = lr * info.rule.lr(info.width_ratio)
+        group_lr = lr * info.rule.lr(info.width_ratio) * float(multipliers.get(info.role, 1.0))
         wd = 0.0 if info.role in NO_WEIGHT_DECAY_ROLES else weight_decay * info.rule.weight_decay(info.width_ratio)
         key = (info.role, round(group_lr, 15), round(wd, 15))
         group = groups.setdefault(

@@ -123,7 +123,8 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
     if cfg.get("compile", False):
         distributed.unwrap(model).compile_blocks()
     lr = 2.0 ** cell["log2_lr"]
-    groups = P.optimizer_groups(distributed.unwrap(model), built.infos, lr, cfg.get("weight_decay", 0.0))
+    groups = P.optimizer_groups(distributed.unwrap(model), built.infos, lr, cfg.get("weight_decay", 0.0),
+                                model_spec.get("role_lr_multipliers"))
     for g in groups:
         g["base_lr"] = g["lr"]
     betas = tuple(cfg.get("betas", (0.9, 0.95)))

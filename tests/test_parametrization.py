@@ -96,3 +96,21 @@ def test_transformer_learning_rates_match_mup_muadamw(tiny_spec):
 def test_unknown_variant_is_rejected(tiny_spec):
     with pytest.raises(ValueError, match="unknown variant"):
         build_model(tiny_spec, "gdn_magic", 32, vocab_size=50, seed=0)
+
+
+def test_role_lr_multipliers_scale_one_role_at_every_width(tiny_spec):
+    lr, factors = 1e-2, {"embedding": 0.25, "vector": 0.5}
+    for variant in ("gdn_sp", "gdn_mup"):
+        for width in (tiny_spec["base_width"], 4 * tiny_spec["base_width"]):
+            built = build_model(tiny_spec, variant, width, vocab_size=64, seed=0)
+            plain = {n: g["lr"] for g in P.optimizer_groups(built.model, built.infos, lr, 0.1) for n in g["names"]}
+            scaled = P.optimizer_groups(built.model, built.infos, lr, 0.1, factors)
+            for group in scaled:
+                for name in group["names"]:
+                    assert group["lr"] == pytest.approx(plain[name] * factors.get(group["role"], 1.0))
+    # the same constants for SP and μP: at the base width the two stay identical
+    base = tiny_spec["base_width"]
+    sp, mup = (build_model(tiny_spec, v, base, vocab_size=64, seed=0) for v in ("gdn_sp", "gdn_mup"))
+    lrs = [{n: g["lr"] for g in P.optimizer_groups(b.model, b.infos, lr, 0.1, factors) for n in g["names"]}
+           for b in (sp, mup)]
+    assert lrs[0] == pytest.approx(lrs[1])
