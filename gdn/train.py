@@ -90,6 +90,18 @@ def _truncate_log(log_path: Path, last_step: int) -> None:
     checkpoint.write_text_atomic(log_path, "".join(line + "\n" for line in kept))
 
 
+def param_group_record(group: dict, infos: dict, readout_zero: bool) -> dict:
+    """One optimizer group as metrics.json records it: role, learning rate and weight decay, and
+    the μP rule's init factor, forward multiplier and width ratio (the group's first tensor: a
+    group holds one role at one learning rate, so these agree within it)."""
+    info = infos[group["names"][0]]
+    return {"role": group["role"], "lr": group["base_lr"], "weight_decay": group["weight_decay"],
+            "n_tensors": len(group["params"]),
+            "init_factor": 0.0 if readout_zero and info.role == "readout" else info.rule.init(info.width_ratio),
+            "multiplier": info.rule.multiplier(info.width_ratio), "width_ratio": info.width_ratio,
+            "names": list(group["names"])}
+
+
 def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: Path, tokenizer_json: Path,
           out_dir: Path, device_pref: str = "auto", jobs_per_gpu: int = 1) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,8 +245,9 @@ def train(cell: dict, model_spec: dict, cfg: dict, train_bin: Path, valid_bin: P
         "precision": "bf16" if use_bf16 else "fp32",
         # what the scheduler's gpu_mem_mb declaration is checked against (allocator's peak)
         "peak_gpu_mem_mb": round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None,
-        "param_groups": [{"role": g["role"], "lr": g["base_lr"], "weight_decay": g["weight_decay"],
-                          "n_tensors": len(g["params"])} for g in optimizer.param_groups],
+        "param_groups": [param_group_record(g, built.infos, model_spec.get("readout_zero_init", True)
+                                            and built.variant.parametrization != "sp")
+                         for g in optimizer.param_groups],
         "config": {"model": model_spec, "train": cfg, "vocab_size": meta["vocab_size"],
                    "tokenizer_sha256": meta["tokenizer_sha256"]},
         "checkpoints_set_aside": state["set_aside"],

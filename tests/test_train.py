@@ -73,6 +73,14 @@ def test_completed_run_writes_metrics_log_and_model(token_files, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(30))
     assert {"loss", "lr", "grad_norm", "tokens", "tok_s"} <= set(log[0])
+    groups = {g["role"]: g for g in metrics["param_groups"]}
+    assert {"embedding", "hidden", "readout", "vector"} <= set(groups)
+    for group in groups.values():
+        assert {"init_factor", "multiplier", "width_ratio", "names"} <= set(group) and group["names"]
+    m = groups["hidden"]["width_ratio"]
+    if metrics["cell"]["variant"].endswith("mup") and m != 1:  # the μP rules as recorded
+        assert groups["hidden"]["init_factor"] == pytest.approx(m**-0.5)
+        assert groups["readout"]["multiplier"] == pytest.approx(1 / m)
 
 
 def test_divergence_ends_the_run_but_the_job_succeeds(token_files, tmp_path):
