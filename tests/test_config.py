@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -233,10 +234,32 @@ def test_missing_task_files_are_named_before_any_job(cfg, tmp_path):
     C.validate(cfg, base_dir=tmp_path)
 
 
-def test_shipped_tiers_validate_as_snakemake_combines_them():
-    for overlay in ("study.yaml", "paper.yaml", "bench-only.yaml"):
-        config = C.combine(REPO / "config" / overlay, workflow_config=REPO / "config" / "config.yaml")
-        C.validate(config, base_dir=REPO)
+def _stand_in_files(config: dict, base: Path) -> None:
+    """Empty files at every local data path a tier names (a fresh clone has no .data/)."""
+    local = (config.get("data") or {}).get("local") or {}
+    for split in ("train", "valid", "test"):
+        for name in local.get(split) or []:
+            (base / name).parent.mkdir(parents=True, exist_ok=True)
+            (base / name).touch()
+    lmeval_dir = (config.get("lmeval_data") or {}).get("local_dir")
+    if lmeval_dir:
+        from gdn.evaluate.tasks import task_data
+
+        (base / lmeval_dir).mkdir(parents=True, exist_ok=True)
+        for task in C.settings(config, "evaluate")["lm_eval"]["tasks"]:
+            spec = task_data(task)
+            if spec.hub is not None:
+                (base / lmeval_dir / spec.file).touch()
+
+
+def test_shipped_tiers_validate_as_snakemake_combines_them(tmp_path):
+    for overlay in ("study.yaml", "paper.yaml", "bench-only.yaml", "study-role-lr.yaml"):
+        files = [REPO / "config" / overlay]
+        if overlay in ("bench-only.yaml", "study-role-lr.yaml"):
+            files.insert(0, REPO / "config" / "study.yaml")  # overlays on the study tier
+        config = C.combine(*files, workflow_config=REPO / "config" / "config.yaml")
+        _stand_in_files(config, tmp_path)
+        C.validate(config, base_dir=tmp_path)
 
 
 def test_evaluated_cells_follow_widths_seeds_and_learning_rates(cfg):
