@@ -21,6 +21,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from gdn.checkpoint import sha256_file  # noqa: F401  (re-exported: data and task modules import it here)
 from gdn.config import ConfigError
 from gdn.data import DataError
 
@@ -28,14 +29,6 @@ HEADING = re.compile(r"^ = [^=].* = $")
 SPLITS = ("train", "valid", "test")
 WIKITEXT_FILES = {"train": "wiki.train.raw", "valid": "wiki.valid.raw", "test": "wiki.test.raw"}
 PARQUET_PREFIX = {"train": "train", "valid": "validation", "test": "test"}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def split_wikitext_pages(raw: str) -> list[str]:
