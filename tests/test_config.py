@@ -253,9 +253,9 @@ def _stand_in_files(config: dict, base: Path) -> None:
 
 
 def test_shipped_tiers_validate_as_snakemake_combines_them(tmp_path):
-    for overlay in ("study.yaml", "paper.yaml", "bench-only.yaml", "study-role-lr.yaml"):
+    for overlay in ("study.yaml", "paper.yaml", "bench-only.yaml", "study-role-lr.yaml", "study-init-std.yaml"):
         files = [REPO / "config" / overlay]
-        if overlay in ("bench-only.yaml", "study-role-lr.yaml"):
+        if overlay in ("bench-only.yaml", "study-role-lr.yaml", "study-init-std.yaml"):
             files.insert(0, REPO / "config" / "study.yaml")  # overlays on the study tier
         config = C.combine(*files, workflow_config=REPO / "config" / "config.yaml")
         _stand_in_files(config, tmp_path)
