@@ -31,6 +31,12 @@ rule bench_all:
         ALL_BENCH,
 
 
+rule train_all:
+    # Every training cell and nothing else (no evaluation, coordinate check or benchmark).
+    input:
+        ALL_METRICS,
+
+
 rule compute:
     # Every job that needs the accelerator, without ingest/report: for running on a GPU machine
     # and ingesting elsewhere (results/ travels; the database is rebuilt from it).

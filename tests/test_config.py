@@ -253,9 +253,10 @@ def _stand_in_files(config: dict, base: Path) -> None:
 
 
 def test_shipped_tiers_validate_as_snakemake_combines_them(tmp_path):
-    for overlay in ("study.yaml", "paper.yaml", "bench-only.yaml", "study-role-lr.yaml", "study-init-std.yaml"):
+    study_overlays = ["bench-only.yaml", "study-replicate.yaml", *(f"pilots/{p.name}" for p in (REPO / "config" / "pilots").glob("*.yaml"))]
+    for overlay in ("study.yaml", "paper.yaml", *study_overlays):
         files = [REPO / "config" / overlay]
-        if overlay in ("bench-only.yaml", "study-role-lr.yaml", "study-init-std.yaml"):
+        if overlay in study_overlays:
             files.insert(0, REPO / "config" / "study.yaml")  # overlays on the study tier
         config = C.combine(*files, workflow_config=REPO / "config" / "config.yaml")
         _stand_in_files(config, tmp_path)

@@ -20,9 +20,11 @@ TIER = config["tier"]
 CONDA_ENV = "../../environment.yml"  # with --software-deployment-method conda
 PYTHON = shlex.quote(sys.executable)  # the interpreter that runs snakemake has the gdn package
 CELLS = gdn_config.cells(config)
-TEXT_DIR = f"resources/{TIER}/text"
-TOKENIZER = f"resources/{TIER}/tokenizer/tokenizer.json"
-DATA_DIR = f"results/data/{TIER}"
+# An overlay tier may read its base tier's prepared data (`data_tier`) instead of preparing it again.
+DATA_TIER = config.get("data_tier") or TIER
+TEXT_DIR = f"resources/{DATA_TIER}/text"
+TOKENIZER = f"resources/{DATA_TIER}/tokenizer/tokenizer.json"
+DATA_DIR = f"results/data/{DATA_TIER}"
 RUN_DIR = "results/runs/{tier}/{variant}/w{width}/{lr}/s{seed}"
 DATABASE = f"results/{TIER}.duckdb"
 REPORT = f"reports/{TIER}/index.html"
@@ -32,7 +34,7 @@ GPU_PER_JOB = 1 if ON_GPU else 0
 
 def card_memory_mb():
     """What packed GPU jobs may declare together (`gpu_mem_mb`): config key gpu_memory_mb, else
-    the visible cards' memory as nvidia-smi reports it, less 5% for the driver's own use. None
+    the visible cards' memory (CUDA_VISIBLE_DEVICES) as nvidia-smi reports it, less 5% for the driver's own use. None
     where this machine has no nvidia-smi (a cluster's login node: its scheduler places the jobs)."""
     if config.get("gpu_memory_mb"):
         return int(config["gpu_memory_mb"])
@@ -41,6 +43,9 @@ def card_memory_mb():
     import subprocess
 
     query = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible:  # nvidia-smi itself ignores CUDA_VISIBLE_DEVICES: count only the cards jobs can see
+        query.append(f"--id={visible}")
     totals = [int(line) for line in subprocess.run(query, capture_output=True, text=True, check=True).stdout.split()]
     return int(0.95 * sum(totals))
 

@@ -16,7 +16,7 @@ rule prepare:
         test_raw=f"{TEXT_DIR}/test.raw",
         manifest=f"{TEXT_DIR}/manifest.json",
     log:
-        f"results/logs/{TIER}/prepare.log",
+        f"results/logs/{DATA_TIER}/prepare.log",
     params:
         python=PYTHON,
         out=lambda wildcards, output: os.path.dirname(output.manifest),
@@ -33,7 +33,7 @@ rule tokenizer:
     output:
         TOKENIZER,
     log:
-        f"results/logs/{TIER}/tokenizer.log",
+        f"results/logs/{DATA_TIER}/tokenizer.log",
     params:
         python=PYTHON,
         cfg=json_arg("tokenizer"),
@@ -51,7 +51,7 @@ rule tokenize:
         bin=f"{DATA_DIR}/{{split}}.bin",
         meta=f"{DATA_DIR}/{{split}}.meta.json",
     log:
-        f"results/logs/{TIER}/tokenize-{{split}}.log",
+        f"results/logs/{DATA_TIER}/tokenize-{{split}}.log",
     wildcard_constraints:
         split="train|valid|test",
     params:
