@@ -37,6 +37,18 @@ rule train_all:
         ALL_METRICS,
 
 
+rule evaluate_all:
+    # The tier's evaluations (and the training cells they read), nothing else.
+    input:
+        ALL_EVALS,
+
+
+rule coordcheck_all:
+    # The tier's coordinate checks only.
+    input:
+        ALL_COORD,
+
+
 rule compute:
     # Every job that needs the accelerator, without ingest/report: for running on a GPU machine
     # and ingesting elsewhere (results/ travels; the database is rebuilt from it).
