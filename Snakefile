@@ -31,6 +31,16 @@ rule bench_all:
         ALL_BENCH,
 
 
+rule data_all:
+    # The tier's prepared data (text, tokenizer, token files, lm-eval task files): what tiers
+    # run side by side share (`data_tier`), prepared once before they start.
+    input:
+        f"{DATA_DIR}/train.bin",
+        f"{DATA_DIR}/valid.bin",
+        rules.prepare.output.test_raw,
+        rules.prepare_tasks.output if ALL_EVALS else [],
+
+
 rule train_all:
     # Every training cell and nothing else (no evaluation, coordinate check or benchmark).
     input:

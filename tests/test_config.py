@@ -253,7 +253,8 @@ def _stand_in_files(config: dict, base: Path) -> None:
 
 
 def test_shipped_tiers_validate_as_snakemake_combines_them(tmp_path):
-    study_overlays = ["bench-only.yaml", "study-replicate.yaml", *(f"pilots/{p.name}" for p in (REPO / "config" / "pilots").glob("*.yaml"))]
+    pilots = sorted(f"pilots/{p.name}" for p in (REPO / "config" / "pilots").glob("*.yaml"))
+    study_overlays = ["bench-only.yaml", "study-replicate.yaml", *pilots]
     for overlay in ("study.yaml", "paper.yaml", *study_overlays):
         files = [REPO / "config" / overlay]
         if overlay in study_overlays:

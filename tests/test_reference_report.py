@@ -1,4 +1,4 @@
-"""The committed study report's verdicts recompute from the runs shipped beside it.
+"""The committed study reports' verdicts recompute from the runs shipped beside them.
 
 Anyone can check the reference result without a GPU: the runs table (reports/study/data/) and
 the tier's transfer settings (in the shipped meta table) are all the estimator needs. If this
@@ -13,11 +13,16 @@ import pytest
 
 from gdn import transfer
 
-DATA = Path(__file__).resolve().parent.parent / "reports" / "study" / "data"
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+# The reference run and its replicate with other seeds.
+TIERS = ["study", "study-replicate"]
 
 
-@pytest.mark.skipif(not (DATA / "runs.csv").exists(), reason="no committed study report data")
-def test_study_verdicts_recompute_from_the_shipped_runs():
+@pytest.mark.parametrize("tier", TIERS)
+def test_study_verdicts_recompute_from_the_shipped_runs(tier):
+    DATA = REPORTS / tier / "data"
+    if not (DATA / "runs.csv").exists():
+        pytest.skip(f"no committed {tier} report data")
     runs = pd.read_csv(DATA / "runs.csv")
     meta = pd.read_csv(DATA / "meta.csv").set_index("key")["value"]
     settings = json.loads(meta["config"]).get("transfer") or {}
@@ -31,3 +36,16 @@ def test_study_verdicts_recompute_from_the_shipped_runs():
                                        rtol=1e-9)
     gates = pd.read_csv(DATA / "gates.csv")
     assert list(recomputed["gates"]["passed"]) == list(gates["passed"])
+
+
+def test_replicate_reaches_the_reference_raw_verdicts():
+    """The second run, with other seeds, gives each variant the same raw verdict (before the gates)."""
+    frames = {}
+    for tier in TIERS:
+        path = REPORTS / tier / "data" / "transfer.csv"
+        if not path.exists():
+            pytest.skip(f"no committed {tier} report data")
+        table = pd.read_csv(path)
+        widest = table.groupby("variant")["target_width"].transform("max")
+        frames[tier] = table[table["target_width"] == widest].set_index("variant")["raw_verdict"].sort_index()
+    pd.testing.assert_series_equal(frames["study"], frames["study-replicate"], check_names=False)
