@@ -108,3 +108,119 @@ def gated_delta_rule_step(
         scale=scale, initial_state=state, output_final_state=True, compute_dtype=state.dtype,
     )
     return o[:, 0].to(v.dtype), new_state
+
+
+def _check_fused_decode(x_q, x_k, x_v, conv_q, conv_k, conv_v, tail_q, tail_k, tail_v, a, b, A_log, dt_bias,
+                        state, gate, norm_weight, n_heads):
+    """Shapes, dtypes and layouts of gated_delta_decode_fused's arguments (metadata only, no sync).
+
+    Returns (B, H, K, V, W). Raises ValueError naming the first argument that does not fit.
+    """
+    def fail(msg):
+        raise ValueError(f"gated_delta_decode_fused: {msg}")
+
+    H = n_heads
+    if H < 1:
+        fail(f"n_heads must be positive, got {H}")
+    for name, x in (("x_q", x_q), ("x_k", x_k), ("x_v", x_v)):
+        if x.dim() != 2:
+            fail(f"{name} must be [B, H*head_dim], got {tuple(x.shape)}")
+        if x.shape[1] % H:
+            fail(f"{name} has {x.shape[1]} channels, not a multiple of n_heads={H}")
+    if x_k.shape != x_q.shape:
+        fail(f"x_q {tuple(x_q.shape)} and x_k {tuple(x_k.shape)} must match")
+    if x_v.shape[0] != x_q.shape[0]:
+        fail(f"x_v {tuple(x_v.shape)} has a different batch size than x_q {tuple(x_q.shape)}")
+    B, CK, CV = x_q.shape[0], x_q.shape[1], x_v.shape[1]
+    K, V = CK // H, CV // H
+    W = conv_q.shape[-1] if conv_q.dim() == 3 else 0
+    if W < 1:
+        fail(f"conv_q must be [C, 1, W] with W >= 1, got {tuple(conv_q.shape)}")
+    for name, w, x, tail, C in (("q", conv_q, x_q, tail_q, CK), ("k", conv_k, x_k, tail_k, CK),
+                                ("v", conv_v, x_v, tail_v, CV)):
+        if tuple(w.shape) != (C, 1, W):
+            fail(f"conv_{name} must be {(C, 1, W)} (depthwise [C, 1, W], same W for q, k, v), got {tuple(w.shape)}")
+        if tuple(tail.shape) != (B, W - 1, C):
+            fail(f"tail_{name} must be {(B, W - 1, C)} ([B, W-1, C]), got {tuple(tail.shape)}")
+        if tail.dtype != x.dtype:
+            fail(f"tail_{name} is {tail.dtype} but x_{name} is {x.dtype}; they must match")
+        if not tail.is_contiguous():
+            fail(f"tail_{name} must be contiguous (it is updated in place)")
+    for name, t in (("a", a), ("b", b)):
+        if tuple(t.shape) != (B, H):
+            fail(f"{name} must be {(B, H)} ([B, H]), got {tuple(t.shape)}")
+    for name, t in (("A_log", A_log), ("dt_bias", dt_bias)):
+        if tuple(t.shape) != (H,):
+            fail(f"{name} must be {(H,)} ([H]), got {tuple(t.shape)}")
+    if tuple(state.shape) != (B, H, K, V):
+        fail(f"state must be {(B, H, K, V)} ([B, H, K, V]), got {tuple(state.shape)}")
+    if state.dtype != torch.float32:
+        fail(f"state must be float32, got {state.dtype}")
+    if not state.is_contiguous():
+        fail("state must be contiguous (it is updated in place)")
+    if tuple(gate.shape) != (B, CV):
+        fail(f"gate must be {(B, CV)} ([B, H*V]), got {tuple(gate.shape)}")
+    if tuple(norm_weight.shape) != (V,):
+        fail(f"norm_weight must be {(V,)} ([V]), got {tuple(norm_weight.shape)}")
+    args = dict(x_q=x_q, x_k=x_k, x_v=x_v, conv_q=conv_q, conv_k=conv_k, conv_v=conv_v, tail_q=tail_q,
+                tail_k=tail_k, tail_v=tail_v, a=a, b=b, A_log=A_log, dt_bias=dt_bias, state=state, gate=gate,
+                norm_weight=norm_weight)
+    off_device = [name for name, t in args.items() if t.device != x_v.device]
+    if off_device:
+        fail(f"{', '.join(off_device)} not on {x_v.device} like x_v")
+    return B, H, K, V, W
+
+
+def gated_delta_decode_fused(
+    x_q: torch.Tensor,
+    x_k: torch.Tensor,
+    x_v: torch.Tensor,
+    conv_q: torch.Tensor,
+    conv_k: torch.Tensor,
+    conv_v: torch.Tensor,
+    tail_q: torch.Tensor,
+    tail_k: torch.Tensor,
+    tail_v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    state: torch.Tensor,
+    gate: torch.Tensor,
+    norm_weight: torch.Tensor,
+    *,
+    n_heads: int,
+    scale: float,
+    a_scale: float = 1.0,
+    b_scale: float = 1.0,
+    norm_eps: float = 1e-6,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One decode token of a Gated DeltaNet layer, from the projections to o_proj's input (inference only).
+
+    x_q, x_k: [B, H*K]; x_v, gate: [B, H*V] (projections of the new token; gate before its SiLU).
+    conv_q/k/v: depthwise weights [C, 1, W]. tail_q/k/v: [B, W-1, C] contiguous, dtype of their x,
+    the previous W-1 conv inputs oldest first, UPDATED IN PLACE. a, b: [B, H] raw gate logits;
+    A_log, dt_bias: [H]; state: [B, H, K, V] float32 contiguous, UPDATED IN PLACE; norm_weight: [V].
+
+    Per token and head, in float32: q, k, v = silu(short conv) of the window (tail, new input);
+    q, k L2-normalized (eps 1e-6); g = -exp(A_log) softplus(a_scale a + dt_bias), beta =
+    sigmoid(b_scale b); S <- exp(g) S, u = beta (v - S^T k), S <- S + k u^T, o = S^T (scale q);
+    returns rms_norm(o) * norm_weight * silu(gate) as [B, H*V] in x_v's dtype.
+
+    Triton ("triton", or "auto" on CUDA): one kernel launch per call, no host synchronization and
+    no allocation besides the output, so it can be captured in a CUDA graph (the tensors' addresses
+    and shapes must then stay fixed). Needs K, V <= 256 and unit stride along the last dim of x_*,
+    gate, a, b, A_log, dt_bias and norm_weight. "torch" (the CPU default) is
+    reference.fused_decode_step, the same math in PyTorch ops.
+    """
+    _check_fused_decode(x_q, x_k, x_v, conv_q, conv_k, conv_v, tail_q, tail_k, tail_v, a, b, A_log, dt_bias,
+                        state, gate, norm_weight, n_heads)
+    args = (x_q, x_k, x_v, conv_q, conv_k, conv_v, tail_q, tail_k, tail_v, a, b, A_log, dt_bias, state, gate,
+            norm_weight)
+    kwargs = dict(n_heads=n_heads, scale=scale, a_scale=a_scale, b_scale=b_scale, norm_eps=norm_eps)
+    if _resolve_backend(backend, x_v.device) == "triton":
+        from gdn_kernels import triton_ops
+
+        return triton_ops.gated_delta_decode_fused(*args, **kwargs)
+    return reference.fused_decode_step(*args, **kwargs)

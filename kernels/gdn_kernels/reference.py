@@ -151,3 +151,45 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-head L2 normalization over the last dim, in float32 for stability."""
     x32 = x.float()
     return (x32 * torch.rsqrt((x32 * x32).sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def short_conv_step(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """One token of the causal depthwise convolution followed by SiLU, in float32.
+
+    x: [B, C] the new input; weight: [C, 1, W] (nn.Conv1d depthwise layout); tail: [B, W-1, C]
+    the previous W-1 inputs, oldest first, shifted IN PLACE to end with x.
+    """
+    window = torch.cat([tail, x[:, None].to(tail.dtype)], dim=1)  # [B, W, C], oldest first
+    y = (window.float() * weight[:, 0, :].float().t()).sum(1)
+    tail.copy_(window[:, 1:])
+    return F.silu(y)
+
+
+@torch.no_grad()
+def fused_decode_step(
+    x_q, x_k, x_v, conv_q, conv_k, conv_v, tail_q, tail_k, tail_v, a, b, A_log, dt_bias, state, gate, norm_weight,
+    *, n_heads: int, scale: float, a_scale: float = 1.0, b_scale: float = 1.0, norm_eps: float = 1e-6,
+):
+    """One decode step of a Gated DeltaNet layer from the q/k/v/gate projections to o_proj's input.
+
+    Short convolutions (tails updated in place), L2 norms of q and k, gates from the raw logits,
+    the delta rule on the float32 state (in place) and the gated RMSNorm, all in float32; no
+    intermediate is rounded to the input dtype. Returns [B, H*V] in x_v's dtype. See
+    api.gated_delta_decode_fused for the shapes.
+    """
+    B, H = x_q.shape[0], n_heads
+    q = short_conv_step(x_q, conv_q, tail_q).view(B, H, -1)
+    k = short_conv_step(x_k, conv_k, tail_k).view(B, H, -1)
+    v = short_conv_step(x_v, conv_v, tail_v).view(B, H, -1)
+    q, k = l2_normalize(q), l2_normalize(k)
+    g, beta = gate_from_logits(a, b, A_log, dt_bias, a_scale, b_scale)
+
+    S = state  # [B, H, K, V] float32, updated in place
+    S.mul_(g.exp()[..., None, None])
+    u = beta[..., None] * (v - torch.einsum("bhkv,bhk->bhv", S, k))
+    S.add_(k[..., :, None] * u[..., None, :])
+    o = torch.einsum("bhkv,bhk->bhv", S, q * scale)
+
+    V = o.shape[-1]
+    y = F.rms_norm(o, (V,), norm_weight.float(), norm_eps) * F.silu(gate.reshape(B, H, V).float())
+    return y.to(x_v.dtype).reshape(B, H * V)

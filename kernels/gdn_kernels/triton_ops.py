@@ -22,6 +22,7 @@ from gdn_kernels.triton_chunk_bwd import chunk_bwd_kernel, state_bwd_kernel
 from gdn_kernels.triton_chunk_fwd import output_fwd_kernel, prep_fwd_kernel, state_fwd_kernel
 from gdn_kernels.triton_common import CHUNK
 from gdn_kernels.triton_decode import decode_step_kernel
+from gdn_kernels.triton_fused_decode import fused_decode_kernel
 
 MAX_HEAD_DIM = 256
 # On an H200 with Triton 3.6, narrow heads fault (an illegal address) in the chunk kernels: value
@@ -54,6 +55,10 @@ class LaunchConfig:
     bwd_block_v: int = 32
     bwd_warps: int = 8
     bwd_stages: int = 2
+    # Fused decode step: most elements of the [K, BV] state tile (and of the [BV, V] gather of the
+    # output row) one program holds at a time; 32 per thread with 4 warps. Not measured on a GPU.
+    fused_decode_tile: int = 4096
+    fused_decode_warps: int = 4
 
 
 LAUNCH = LaunchConfig()
@@ -347,3 +352,40 @@ def gated_delta_rule_step(
         num_warps=4,
     )
     return o, new_state
+
+
+def gated_delta_decode_fused(
+    x_q, x_k, x_v, conv_q, conv_k, conv_v, tail_q, tail_k, tail_v, a, b, A_log, dt_bias, state, gate, norm_weight,
+    *, n_heads: int, scale: float, a_scale: float = 1.0, b_scale: float = 1.0, norm_eps: float = 1e-6,
+):
+    """One fused decode step in one launch; see api.gated_delta_decode_fused (which checks the shapes).
+
+    Tails and state are updated in place; the output is the only allocation. Heads are not padded
+    to 64 as in the chunked path on CUDA (that would copy the state): the fused kernel has no tl.dot.
+    """
+    B, CK = x_q.shape
+    H = n_heads
+    K, V = CK // H, x_v.shape[1] // H
+    W = conv_q.shape[-1]
+    if max(K, V) > MAX_HEAD_DIM:
+        raise ValueError(f"gated_delta_decode_fused: head dims up to {MAX_HEAD_DIM} are supported, got K={K}, V={V}")
+    named = dict(x_q=x_q, x_k=x_k, x_v=x_v, gate=gate, a=a, b=b, A_log=A_log, dt_bias=dt_bias,
+                 norm_weight=norm_weight)
+    strided = [name for name, t in named.items() if t.stride(-1) != 1]
+    if strided:
+        raise ValueError(f"gated_delta_decode_fused: {', '.join(strided)} need unit stride along the last dim")
+    out = torch.empty(B, H * V, dtype=x_v.dtype, device=x_v.device)
+    BK, VP = triton.next_power_of_2(K), triton.next_power_of_2(V)
+    tile = LAUNCH.fused_decode_tile
+    # The whole [K, V] state of a head as one tile when it is small enough (no gather of the output
+    # row needed), else V blocks within both limits.
+    BV = VP if BK * VP <= tile else max(1, min(tile // BK, tile // VP))
+    fused_decode_kernel[(B * H,)](
+        x_q, x_k, x_v, conv_q, conv_k, conv_v, tail_q, tail_k, tail_v,
+        a, b, A_log, dt_bias, state, gate, norm_weight, out,
+        x_q.stride(0), x_k.stride(0), x_v.stride(0), a.stride(0), b.stride(0), gate.stride(0),
+        conv_q.stride(0), conv_q.stride(2), conv_k.stride(0), conv_k.stride(2), conv_v.stride(0), conv_v.stride(2),
+        float(scale), float(a_scale), float(b_scale), float(norm_eps),
+        H, K=K, V=V, W=W, BK=BK, BV=BV, VP=VP, num_warps=LAUNCH.fused_decode_warps,
+    )
+    return out
