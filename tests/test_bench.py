@@ -152,6 +152,13 @@ def test_decode_ratios_pair_models_at_one_prompt_and_batch_and_skip_failed_rows(
     short, long = decode_ratios(frame)
     assert (short["prompt"], short["wall"], short["kernel"]) == (2048, 1.5, 1.5)
     assert (long["prompt"], long["wall"], long["kernel"]) == (16384, 2.5, None)
+    # with decode paths, each model is compared on its fastest one
+    frame = pd.DataFrame([{**row("transformer_mup", 2048, 20.0, 3.0), "path": "eager"},
+                          {**row("transformer_mup", 2048, 40.0, 3.0), "path": "graph"},
+                          {**row("gdn_mup", 2048, 100.0, 2.0), "path": "graph"},
+                          {**row("gdn_mup", 2048, 30.0, 2.0), "path": "eager"}])
+    [both] = decode_ratios(frame)
+    assert (both["paths"], both["wall"]) == ("graph / graph", 2.5)
 
 
 def test_a_bench_files_note_reaches_the_suite_table(tmp_path):
@@ -178,13 +185,31 @@ def test_inference_retries_in_segments_when_the_whole_prompt_runs_out_of_memory(
 
     monkeypatch.setattr(inference, "_prefill_and_decode", whole_prompt_runs_out)
     cpu = torch.device("cpu")
-    row = inference.measure(SHAPE, "gdn_mup", 32, 2, 4, cpu, iters=1, vocab_size=64, segment_on_oom=8)
+    [row] = inference.measure(SHAPE, "gdn_mup", 32, 2, 4, cpu, iters=1, vocab_size=64, segment_on_oom=8,
+                              paths=("eager",))
     assert calls == [None, 8] and row["status"] == "ok" and row["prefill_segment_len"] == 8
     assert "segments of 8" in row["note"] and row["decode_tokens_per_s"] > 0
     calls.clear()
     # The Transformer cannot prefill in segments: its row records the out-of-memory.
-    row = inference.measure(SHAPE, "transformer_mup", 32, 2, 4, cpu, iters=1, vocab_size=64, segment_on_oom=8)
+    [row] = inference.measure(SHAPE, "transformer_mup", 32, 2, 4, cpu, iters=1, vocab_size=64, segment_on_oom=8,
+                              paths=("eager",))
     assert calls == [None] and row["status"] == "out of memory" and "prefill_segment_len" not in row
+
+
+@pytest.mark.parametrize("variant", ["transformer_mup", "gdn_mup"])
+def test_inference_rows_name_their_path_and_fraction_of_the_bandwidth_floor(variant):
+    from gdn.bench import inference
+
+    rows = inference.measure(SHAPE, variant, 16, 2, 3, torch.device("cpu"), iters=1, vocab_size=64,
+                             hbm_override=1e9)
+    assert [r["path"] for r in rows] == ["eager", "graph"]
+    for row in rows:
+        assert row["status"] == "ok" and row["decode_tokens_per_s"] > 0
+        # the floor is the bytes of one step (weights once, cache once, recurrent state twice) at 1 GB/s
+        assert row["floor_bytes_per_step"] > row["weights_gb"] * 2**30
+        assert row["floor_fraction"] == pytest.approx(
+            row["floor_bytes_per_step"] / 1e9 * 1e3 / (row["decode_ms_per_token"] * 2))
+    assert "CUDA graphs need a CUDA device" in rows[1]["note"]  # the CPU runs the same step eagerly
 
 
 def test_profiling_scripts_find_a_named_shape_or_name_the_ones_there_are(tmp_path):

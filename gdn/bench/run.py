@@ -55,10 +55,12 @@ def run_suite(suite: str, settings: dict, device: torch.device):
             for variant in section.get("variants", ["transformer_mup", "gdn_mup"]):
                 for prompt in section.get("prompts", [2048]):
                     for batch in section.get("batches", [1]):
-                        yield [inference.measure(_shape(settings, name), variant, prompt, batch,
-                                                 section.get("decode_tokens", 32), device,
-                                                 section.get("iters", 3), vocab,
-                                                 segment_on_oom=section.get("prefill_segment_on_oom", 2048))]
+                        yield inference.measure(_shape(settings, name), variant, prompt, batch,
+                                                section.get("decode_tokens", 32), device,
+                                                section.get("iters", 3), vocab,
+                                                segment_on_oom=section.get("prefill_segment_on_oom", 2048),
+                                                paths=section.get("paths", inference.PATHS),
+                                                hbm_override=section.get("hbm_gb_s") and section["hbm_gb_s"] * 1e9)
     else:
         raise ValueError(f"unknown bench suite {suite!r}; choose one of {SUITES}")
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from gdn.models import generation
+
 EOS_TOKEN = "<|endoftext|>"
 
 
@@ -166,8 +168,8 @@ class CausalScorer:
     def generate_greedy(
         self, contexts: list[list[int]], max_new_tokens: int, stop_strings: list[list[str]]
     ) -> list[str]:
-        """Greedy continuations through the models' `prefill`/`decode_step` (recurrent state
-        for GDN, KV cache for the Transformer). Prompts of equal length share a batch, since
+        """Greedy continuations through the models' static-cache decoding (recurrent state for
+        GDN, KV cache for the Transformer). Prompts of equal length share a batch, since
         the models take no padding mask. Each text is cut at its first stop string."""
         # Like lm-eval's HF backend, leave room in the window for the generated tokens, but
         # keep at least half the window for the prompt when the generation budget is larger.
@@ -192,27 +194,22 @@ class CausalScorer:
         return outputs
 
     def _generate_batch(self, prompts: list[list[int]], max_new_tokens: int, stops: list[list[str]]) -> list[str]:
+        """One batch of equal-length prompts on the models' fast path (static cache, CUDA graph on
+        a GPU: gdn.models.generation); stop strings are checked every 16 tokens and cut afterwards."""
         ids = torch.tensor(prompts, dtype=torch.long, device=self.device)
-        generated: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
-        with torch.no_grad():
-            logits, cache = self.model.prefill(ids)
-            for _ in range(max_new_tokens):
-                next_ids = logits.argmax(-1)
-                for row, token in enumerate(next_ids.tolist()):
-                    if done[row]:
-                        continue
-                    if token == self.eos_id:
-                        done[row] = True
-                        continue
-                    generated[row].append(token)
-                    text = self.decode(generated[row])
-                    if any(s and s in text for s in stops[row]):
-                        done[row] = True
-                if all(done):
-                    break
-                logits, cache = self.model.decode_step(next_ids, cache)
-        return [cut_at_stop(self.decode(g), s) for g, s in zip(generated, stops, strict=True)]
+
+        def continuation(row) -> list[int]:
+            tokens = row[ids.shape[1]:].tolist()
+            return tokens[: tokens.index(self.eos_id)] if self.eos_id in tokens else tokens
+
+        def all_stopped(sequences) -> bool:
+            return all(self.eos_id in row[ids.shape[1]:].tolist()
+                       or any(s and s in self.decode(continuation(row)) for s in stop)
+                       for row, stop in zip(sequences, stops, strict=True))
+
+        out = generation.generate(self.model, ids, max_new_tokens, eos_token_id=self.eos_id,
+                                  pad_token_id=self.eos_id, stop_check=all_stopped, check_every=16)
+        return [cut_at_stop(self.decode(continuation(row)), s) for row, s in zip(out, stops, strict=True)]
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:

@@ -13,7 +13,22 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
+from gdn.models import generation
+from gdn.models.generation import StaticCache
 from gdn.models.layers import RMSNorm, ScaledEmbedding, ScaledLinear, SwiGLU
+
+
+def _refused_by_fast_path(kwargs: dict) -> str | None:
+    """The first generate() argument the static-cache path does not implement, if any."""
+    for key, value in kwargs.items():
+        if value is None or key == "use_cache":
+            continue
+        if key in ("num_beams", "num_return_sequences") and value == 1:
+            continue
+        if key in ("return_dict_in_generate", "output_scores", "output_logits", "synced_gpus") and not value:
+            continue
+        return key
+    return None
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -36,6 +51,11 @@ class Block(nn.Module):
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return x, new_cache
+
+    def static_step(self, x, layer_cache: dict, **step_inputs):
+        """One token through the block, reading and writing the layer's static cache in place."""
+        x = x + self.mixer.static_step(self.mixer_norm(x), layer_cache, **step_inputs)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class CausalLMBase(PreTrainedModel, GenerationMixin):
@@ -143,6 +163,75 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
     def empty_cache(self):
         """Marker for an empty per-layer cache (each mixer fills in its own kind)."""
         return {}
+
+    # Fast decoding (gdn.models.generation): caches of fixed shape and a step with no host-side
+    # dependence on the position, so that it can be captured once as a CUDA graph.
+
+    def allocate_static_cache(self, batch: int, max_len: int, device=None, dtype=None) -> StaticCache:
+        """Buffers for `batch` sequences of up to `max_len` tokens (prompt + generated), allocated once."""
+        device = self.embed.weight.device if device is None else torch.device(device)
+        dtype = self.embed.weight.dtype if dtype is None else dtype
+        cache = StaticCache(batch, max_len, pos=torch.zeros(1, dtype=torch.long, device=device))
+        cache.layers = [block.mixer.allocate_static(batch, max_len, device, dtype) for block in self.blocks]
+        cache.shared = self.static_tables(max_len, device)
+        return cache
+
+    def static_tables(self, max_len: int, device) -> dict:
+        """Per-model tables every step reads (the Transformer's rotary tables); none by default."""
+        return {}
+
+    def static_step_inputs(self, cache: StaticCache) -> dict:
+        """What every layer's static step needs, computed once per token from the cache's position."""
+        return {}
+
+    @torch.no_grad()
+    def prefill_static(self, input_ids, cache: StaticCache, segment_len: int | None = None):
+        """Runs the prompt (as `prefill`) and copies its cache into `cache`; returns the logits of the
+        prompt's last position [B, V]. The cache's position is then the prompt's length."""
+        B, T = input_ids.shape
+        if B != cache.batch or T >= cache.max_len:
+            raise ValueError(f"a prompt of shape {tuple(input_ids.shape)} does not fit a static cache of batch "
+                             f"{cache.batch} and {cache.max_len} tokens (it needs room for at least one more)")
+        logits, caches = self.prefill(input_ids, segment_len)
+        for block, static, dynamic in zip(self.blocks, cache.layers, caches, strict=True):
+            block.mixer.load_static(static, dynamic, T)
+        cache.pos.fill_(T)
+        return logits
+
+    @torch.no_grad()
+    def static_decode_step(self, token_ids, cache: StaticCache):
+        """Logits [B, V] of one token per sequence ([B]) at the cache's position, which advances by
+        one. Fixed shapes, no host synchronization: safe to capture in a CUDA graph."""
+        x = self.embed(token_ids[:, None])
+        inputs = self.static_step_inputs(cache)
+        for block, layer in zip(self.blocks, cache.layers, strict=True):
+            x = block.static_step(x, layer, **inputs)
+        logits = self.readout(self.final_norm(x)[:, 0])
+        cache.pos.add_(1)
+        return logits
+
+    def generate(self, input_ids=None, max_new_tokens=None, max_length=None, do_sample=False, temperature=1.0,
+                 top_k=None, top_p=None, eos_token_id=None, pad_token_id=None, attention_mask=None,
+                 stopping_criteria=None, use_graph=None, **kwargs):
+        """transformers' `generate`, on the static-cache, CUDA-graph path (gdn.models.generation) for
+        greedy and sampled decoding of unpadded prompts. Anything that path does not do (beam search,
+        left padding, other logits processors) goes to transformers' own `generate`."""
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if input_ids is None or padded or _refused_by_fast_path(kwargs):
+            return super().generate(input_ids=input_ids, max_new_tokens=max_new_tokens, max_length=max_length,
+                                    do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                    attention_mask=attention_mask, stopping_criteria=stopping_criteria, **kwargs)
+        if max_new_tokens is None:
+            max_new_tokens = (max_length or self.generation_config.max_length or 20) - input_ids.shape[1]
+        eos = eos_token_id if eos_token_id is not None else self.generation_config.eos_token_id
+        stop = None
+        if stopping_criteria:
+            def stop(ids):
+                return bool(torch.as_tensor(stopping_criteria(ids, None)).all())
+        return generation.generate(self, input_ids, max_new_tokens, do_sample=bool(do_sample),
+                                   temperature=temperature or 1.0, top_k=top_k, top_p=top_p, eos_token_id=eos,
+                                   pad_token_id=pad_token_id, stop_check=stop, use_graph=use_graph)
 
     def num_parameters_split(self) -> dict:
         padding = (self.lm_head.out_features - self.config.vocab_size) * self.lm_head.in_features

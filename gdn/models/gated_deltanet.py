@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from gdn_kernels import gated_delta_rule, gated_delta_rule_step
+from gdn_kernels import gated_delta_decode_fused, gated_delta_rule, gated_delta_rule_step
 
 from gdn.models.base import CausalLMBase
 from gdn.models.configuration import GatedDeltaNetLMConfig
@@ -138,6 +138,40 @@ class GatedDeltaNetMixer(nn.Module):
         gate = self.g_proj(x).view(B, T, H, V)
         o = self.o_norm(o, gate).reshape(B, T, H * V)
         return self.o_proj(o), new_cache
+
+
+    # Static cache (gdn.models.generation): the recurrent state and the three convolution tails,
+    # updated in place by one fused kernel call per layer and token.
+
+    def allocate_static(self, batch: int, max_len: int, device, dtype) -> dict:
+        H, K, V = self.n_heads, self.head_k_dim, self.head_v_dim
+        width = self.q_conv.kernel_size - 1
+        return {
+            "state": torch.zeros(batch, H, K, V, device=device, dtype=torch.float32),
+            "tail_q": torch.zeros(batch, width, H * K, device=device, dtype=dtype),
+            "tail_k": torch.zeros(batch, width, H * K, device=device, dtype=dtype),
+            "tail_v": torch.zeros(batch, width, H * V, device=device, dtype=dtype),
+        }
+
+    def load_static(self, static: dict, dynamic: dict, length: int) -> None:
+        static["state"].copy_(dynamic["state"])
+        for name, tail in zip(("tail_q", "tail_k", "tail_v"), dynamic["conv"], strict=True):
+            static[name].copy_(tail.transpose(1, 2))  # the chunked path keeps tails as [B, C, width]
+
+    def static_step(self, x, layer: dict):
+        """x [B, 1, d]: projections, then convolutions, gates, the delta rule and the gated norm in
+        one fused call that updates the layer's state and tails in place."""
+        x = x[:, 0]
+        o = gated_delta_decode_fused(
+            self.q_proj(x), self.k_proj(x), self.v_proj(x),
+            self.q_conv.conv.weight, self.k_conv.conv.weight, self.v_conv.conv.weight,
+            layer["tail_q"], layer["tail_k"], layer["tail_v"],
+            F.linear(x, self.a_proj.weight), F.linear(x, self.b_proj.weight), self.A_log, self.dt_bias,
+            layer["state"], self.g_proj(x), self.o_norm.weight,
+            n_heads=self.n_heads, scale=self.query_scale, a_scale=self.a_proj.multiplier,
+            b_scale=self.b_proj.multiplier, norm_eps=self.o_norm.eps, backend=self.backend,
+        )
+        return self.o_proj(o)[:, None]
 
 
 class GatedDeltaNetLM(CausalLMBase):

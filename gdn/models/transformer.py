@@ -48,6 +48,30 @@ class Attention(nn.Module):
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), new_cache
 
 
+    # Static cache (gdn.models.generation): K and V for the whole context, written at the position.
+
+    def allocate_static(self, batch: int, max_len: int, device, dtype) -> dict:
+        shape = (batch, self.n_heads, max_len, self.head_dim)
+        return {name: torch.zeros(shape, device=device, dtype=dtype) for name in ("k", "v")}
+
+    def load_static(self, static: dict, dynamic: dict, length: int) -> None:
+        static["k"][:, :, :length] = dynamic["k"][:, :, :length]
+        static["v"][:, :, :length] = dynamic["v"][:, :, :length]
+
+    def static_step(self, x, layer: dict, rope, pos, visible):
+        """x [B, 1, d] at position `pos` (device tensor [1]); `visible` [L] masks the cache rows not
+        yet written. Attention reads the whole buffer, so a step costs the same at every position."""
+        B = x.shape[0]
+        q, k, v = (proj(x).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        layer["k"].index_copy_(2, pos, k)
+        layer["v"].index_copy_(2, pos, v)
+        o = F.scaled_dot_product_attention(q, layer["k"], layer["v"], attn_mask=visible, scale=self.scale)
+        return self.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
+
+
 def _append_to_cache(cache: dict, k: torch.Tensor, v: torch.Tensor, reserve: int = 256) -> dict:
     """Writes k, v at the end of preallocated buffers (grown by doubling), so that a decode
     step copies one token, not the whole cache."""
@@ -71,6 +95,15 @@ class TransformerLM(CausalLMBase):
 
     def make_mixer(self, config, layer_idx):
         return Attention(config)
+
+    def static_tables(self, max_len: int, device) -> dict:
+        cos, sin = rotary_tables(max_len, self.config.head_dim, self.config.rope_theta, device)
+        return {"cos": cos, "sin": sin, "positions": torch.arange(max_len, device=device)}
+
+    def static_step_inputs(self, cache) -> dict:
+        tables, pos = cache.shared, cache.pos
+        rope = (tables["cos"].index_select(0, pos), tables["sin"].index_select(0, pos))  # [1, head_dim / 2]
+        return {"rope": rope, "pos": pos, "visible": (tables["positions"] <= pos)[None, :]}  # [1, L]
 
     def mixer_inputs(self, seq_len: int, caches) -> dict:
         past = caches[0].get("len", 0) if caches and caches[0] else 0
