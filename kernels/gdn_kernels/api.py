@@ -224,3 +224,56 @@ def gated_delta_decode_fused(
 
         return triton_ops.gated_delta_decode_fused(*args, **kwargs)
     return reference.fused_decode_step(*args, **kwargs)
+
+
+def _check_short_conv(x, weight, tail):
+    """Shapes, dtypes and devices of short_conv_silu's arguments. Raises ValueError naming the problem."""
+    def fail(msg):
+        raise ValueError(f"short_conv_silu: {msg}")
+
+    if x.dim() != 3:
+        fail(f"x must be [B, T, C], got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        fail(f"x must be a floating-point tensor, got {x.dtype}")
+    B, T, C = x.shape
+    if weight.dim() != 3 or weight.shape[0] != C or weight.shape[1] != 1 or weight.shape[2] < 1:
+        fail(f"weight must be [C, 1, W] = [{C}, 1, W] with W >= 1 (depthwise nn.Conv1d layout), "
+             f"got {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        fail(f"weight must be a floating-point tensor, got {weight.dtype}")
+    if weight.device != x.device:
+        fail(f"weight is on {weight.device} but x is on {x.device}")
+    if tail is None:
+        return
+    W = weight.shape[2]
+    if tuple(tail.shape) != (B, C, W - 1):
+        fail(f"tail must be [B, C, W-1] = {(B, C, W - 1)}, got {tuple(tail.shape)}")
+    # Stricter than ShortConv, which casts the tail silently: a tail in another dtype than its
+    # inputs means the cache was built for another dtype.
+    if tail.dtype != x.dtype:
+        fail(f"tail is {tail.dtype} but x is {x.dtype}; they must match")
+    if tail.device != x.device:
+        fail(f"tail is on {tail.device} but x is on {x.device}")
+
+
+def short_conv_silu(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor | None = None, *,
+                    backend: str = "auto"):
+    """Causal depthwise short convolution followed by SiLU, for training (forward and backward).
+
+    x: [B, T, C]; weight: [C, 1, W] (depthwise nn.Conv1d layout, any float dtype); tail: [B, C, W-1]
+    in x's dtype, the inputs preceding x (None: zeros). With padded = cat(tail^T, x) along time,
+    y[b, t, c] = silu(sum_i weight[c, 0, i] * padded[b, t + i, c]) in float32, returned in x's dtype,
+    as gdn.models.gated_deltanet.ShortConv. Returns (y, new tail [B, C, W-1], the last W-1 inputs).
+
+    "torch" (the CPU default): reference.short_conv, ShortConv's operations in PyTorch; autograd
+    differentiates y and the new tail (a view, as ShortConv's). "triton" ("auto" on CUDA):
+    triton_short_conv, fused kernels that save only x, weight and tail for the backward; y is
+    differentiable in x, weight and tail, the new tail is a detached copy. The Triton path needs
+    float16, bfloat16 or float32 x and is opt-in: not yet checked on a GPU (see that module).
+    """
+    _check_short_conv(x, weight, tail)
+    if _resolve_backend(backend, x.device) == "triton":
+        from gdn_kernels import triton_short_conv
+
+        return triton_short_conv.short_conv_silu(x, weight, tail)
+    return reference.short_conv(x, weight, tail)

@@ -153,6 +153,31 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (x32 * torch.rsqrt((x32 * x32).sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+def short_conv(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor | None = None):
+    """Causal depthwise convolution + SiLU over a sequence, differentiable by autograd.
+
+    x: [B, T, C]; weight: [C, 1, W]; tail: [B, C, W-1] inputs preceding x (None: zeros).
+    Returns (y [B, T, C] in x's dtype, new tail [B, C, W-1]: the last W-1 inputs, a view).
+
+    The operations of gdn.models.gated_deltanet.ShortConv.forward one for one, so results and
+    gradients are bitwise the same, with one exception: the weight is promoted to at least
+    float32 rather than cast to float32, so a float64 weight stays float64 (gradient checks).
+    """
+    B, T, C = x.shape
+    width = weight.shape[-1]
+    before = x.new_zeros(B, width - 1, C) if tail is None else tail.transpose(1, 2).to(x.dtype)
+    padded = torch.cat([before, x], dim=1)  # [B, T + width - 1, C]
+    w = weight[:, 0, :].to(torch.promote_types(weight.dtype, torch.float32))  # [C, width]
+    if T == 1:
+        y = (padded * w.t()).sum(1, keepdim=True)
+    else:
+        # Product then sum per tap, not addcmul_: ShortConv's training numerics.
+        y = padded[:, 0:T] * w[:, 0]
+        for i in range(1, width):
+            y = y + padded[:, i : i + T] * w[:, i]
+    return F.silu(y).to(x.dtype), padded[:, T:].transpose(1, 2)
+
+
 def short_conv_step(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
     """One token of the causal depthwise convolution followed by SiLU, in float32.
 
