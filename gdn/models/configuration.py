@@ -75,10 +75,14 @@ class GatedDeltaNetLMConfig(_LMConfig):
         conv_size: int = 4,
         query_scale: float | None = None,
         kernel_backend: str = "auto",
+        conv_backend: str = "torch",
         **kwargs,
     ):
         self.conv_size = conv_size
         self.kernel_backend = kernel_backend
+        # "triton": the fused short convolution + SiLU (gdn_kernels.short_conv_silu), opt-in until
+        # checked on a GPU; "torch": ShortConv's own arithmetic.
+        self.conv_backend = conv_backend
         super().__init__(**kwargs)
         self.head_v_dim = head_v_dim if head_v_dim is not None else self.head_dim
         self.query_scale = query_scale if query_scale is not None else self.head_dim**-0.5

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from gdn_kernels import gated_delta_decode_fused, gated_delta_rule, gated_delta_rule_step
+from gdn_kernels import gated_delta_decode_fused, gated_delta_rule, gated_delta_rule_step, short_conv_silu
 
 from gdn.models.base import CausalLMBase
 from gdn.models.configuration import GatedDeltaNetLMConfig
@@ -24,6 +24,7 @@ from gdn.models.layers import GatedRMSNorm, ScaledLinear
 # leaves it out of its graphs and compiles what surrounds it.
 _chunked_rule = torch.compiler.disable(gated_delta_rule)
 _decode_rule = torch.compiler.disable(gated_delta_rule_step)
+_fused_short_conv = torch.compiler.disable(short_conv_silu)
 
 
 class ShortConv(nn.Module):
@@ -35,13 +36,16 @@ class ShortConv(nn.Module):
     [C, 1, kernel] layout and name, so checkpoints are unchanged.
     """
 
-    def __init__(self, channels: int, kernel_size: int):
+    def __init__(self, channels: int, kernel_size: int, backend: str = "torch"):
         super().__init__()
         self.kernel_size = kernel_size
+        self.backend = backend
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=False)
 
     def forward(self, x, tail=None):
         """x: [B, T, C]; tail: [B, C, kernel-1] inputs preceding x (None: zeros). Returns (y, new tail)."""
+        if self.backend == "triton":  # the fused kernels: only x and the weight are kept for backward
+            return _fused_short_conv(x, self.conv.weight, None if tail is None else tail.to(x.dtype), backend="triton")
         B, T, C = x.shape
         width = self.kernel_size
         if tail is None:
@@ -82,9 +86,10 @@ class GatedDeltaNetMixer(nn.Module):
         # Gate-logit projections: their multipliers carry the gating normalization.
         self.a_proj = ScaledLinear(d, H, config.multiplier("a_proj"))
         self.b_proj = ScaledLinear(d, H, config.multiplier("b_proj"))
-        self.q_conv = ShortConv(key_dim, config.conv_size)
-        self.k_conv = ShortConv(key_dim, config.conv_size)
-        self.v_conv = ShortConv(value_dim, config.conv_size)
+        conv_backend = getattr(config, "conv_backend", "torch")  # configs saved before it existed: torch
+        self.q_conv = ShortConv(key_dim, config.conv_size, conv_backend)
+        self.k_conv = ShortConv(key_dim, config.conv_size, conv_backend)
+        self.v_conv = ShortConv(value_dim, config.conv_size, conv_backend)
         self.A_log = nn.Parameter(torch.empty(H, dtype=torch.float32))
         self.dt_bias = nn.Parameter(torch.empty(H, dtype=torch.float32))
         self.o_norm = GatedRMSNorm(config.head_v_dim, config.norm_eps)
