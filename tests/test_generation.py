@@ -98,3 +98,14 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     seen = {int(generation.sample_next(logits, True, top_p=0.75, generator=torch.Generator().manual_seed(s)))
             for s in range(200)}
     assert seen == {0, 1}
+
+
+def test_a_step_past_the_end_of_the_cache_is_refused(tiny_spec):
+    model = _model(tiny_spec, "transformer_mup")
+    cache = model.allocate_static_cache(1, 5)
+    model.prefill_static(torch.zeros(1, 3, dtype=torch.long), cache)
+    step = generation.DecodeGraph(model, cache)
+    step(torch.tensor([1]))
+    step(torch.tensor([2]))
+    with pytest.raises(ValueError, match="static cache is full"):
+        step(torch.tensor([3]))

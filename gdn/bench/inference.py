@@ -96,8 +96,9 @@ def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: t
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    rounds = 1 + max(1, iters // 2)  # timed rounds, plus the warm-up round
-    cache = model.allocate_static_cache(batch, prompt_len + decode_tokens * rounds + 1)
+    timed = max(1, iters // 2)
+    # Room for every decode round: the warm-up, the timed ones and the profiled one (kernel_ms).
+    cache = model.allocate_static_cache(batch, prompt_len + decode_tokens * (timed + 2) + 1)
     prefill = timing.interleaved({"prefill": partial(model.prefill_static, ids, cache, segment)}, device,
                                  iters, warmup=1)["prefill"]
     logits = model.prefill_static(ids, cache, segment)
@@ -109,7 +110,7 @@ def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: t
         for _ in range(decode_tokens):
             tok = step(tok).argmax(-1)
 
-    stats = timing.interleaved({"decode": decode}, device, rounds - 1, warmup=1)["decode"]
+    stats = timing.interleaved({"decode": decode}, device, timed, warmup=1)["decode"]
     row = {"prefill_ms": prefill["median_ms"],
            "prefill_tokens_per_s": batch * prompt_len / (prefill["median_ms"] / 1e3),
            "decode_tokens_per_s": batch * decode_tokens / (stats["median_ms"] / 1e3),

@@ -50,6 +50,9 @@ class DecodeGraph:
     def __init__(self, model, cache: StaticCache, use_graph: bool | None = None, warmup: int = 2):
         self.model, self.cache = model, cache
         device = cache.pos.device
+        # Counted on the host (one read of the position, here), so that a step past the end of the
+        # buffers is refused with an error rather than a write out of bounds on the device.
+        self.remaining = cache.max_len - int(cache.pos)
         self.tokens = torch.zeros(cache.batch, dtype=torch.long, device=device)
         self.logits: torch.Tensor | None = None
         self.graph = None
@@ -84,6 +87,9 @@ class DecodeGraph:
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [B, V] for `tokens` [B] at the cache's position, which then advances by one. The
         returned tensor is the graph's output buffer: the next call overwrites it."""
+        if self.remaining <= 0:
+            raise ValueError(f"the static cache is full: it holds {self.cache.max_len} tokens")
+        self.remaining -= 1
         self.tokens.copy_(tokens)
         if self.graph is None:
             return self.model.static_decode_step(self.tokens, self.cache)
