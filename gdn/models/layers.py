@@ -23,7 +23,46 @@ class GatedRMSNorm(RMSNorm):
     """RMSNorm of the mixer output, then multiplied by silu(gate) (GDN's output gate)."""
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return (super().forward(x).float() * F.silu(gate.float())).to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad or self.weight.requires_grad):
+            return _GatedRMSNormFunction.apply(x, gate, self.weight, self.eps)
+        return _gated_rms_norm(x, gate, self.weight, self.eps)
+
+
+def _gated_rms_norm(x, gate, weight, eps):
+    # The normalized product is rounded to x's dtype before the gate multiplies it (as RMSNorm returns it).
+    normed = F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+    return (normed.float() * F.silu(gate.float())).to(x.dtype)
+
+
+class _GatedRMSNormFunction(torch.autograd.Function):
+    """The gated norm with a hand-written backward that keeps only x, the gate and the per-row 1/rms.
+
+    Autograd through the float32 form keeps five float32 copies of the activation per layer (the
+    largest item of GDN's saved activations: docs/activation-memory.md); backward recomputes them
+    instead. The forward is the same computation as `_gated_rms_norm`, to the bit; the gradients
+    differ from autograd's only by rounding (autograd rounds one intermediate gradient to x's dtype
+    where this stays in float32).
+    """
+
+    @staticmethod
+    def forward(ctx, x, gate, weight, eps):
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, gate, weight, rstd)
+        return _gated_rms_norm(x, gate, weight, eps)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, gate, weight, rstd = ctx.saved_tensors
+        gf, dyf, w = gate.float(), dy.float(), weight.float()
+        x_hat = x.float() * rstd
+        sig = torch.sigmoid(gf)
+        d_normed = dyf * gf * sig  # through the product with silu(gate)
+        d_weight = (d_normed * x_hat).reshape(-1, x.shape[-1]).sum(0)
+        d_xhat = d_normed * w
+        dx = rstd * (d_xhat - x_hat * (d_xhat * x_hat).mean(-1, keepdim=True))
+        d_gate = dyf * (x_hat * w) * sig * (1 + gf * (1 - sig))  # silu'(g) = sig (1 + g (1 - sig))
+        return dx.to(x.dtype), d_gate.to(gate.dtype), d_weight.to(weight.dtype), None
 
 
 class ScaledLinear(nn.Linear):
