@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from gdn_kernels import gated_delta_decode_fused, gated_delta_rule, gated_delta_rule_step, short_conv_silu
+from gdn_kernels.reference import short_conv as short_conv_reference
 
 from gdn.models.base import CausalLMBase
 from gdn.models.configuration import GatedDeltaNetLMConfig
@@ -46,29 +47,10 @@ class ShortConv(nn.Module):
         """x: [B, T, C]; tail: [B, C, kernel-1] inputs preceding x (None: zeros). Returns (y, new tail)."""
         if self.backend == "triton":  # the fused kernels: only x and the weight are kept for backward
             return _fused_short_conv(x, self.conv.weight, None if tail is None else tail.to(x.dtype), backend="triton")
-        B, T, C = x.shape
-        width = self.kernel_size
-        if tail is None:
-            before = x.new_zeros(B, width - 1, C)
-        else:
-            before = tail.transpose(1, 2).to(x.dtype)
-        padded = torch.cat([before, x], dim=1)  # [B, T + width - 1, C]
-        # Input-dtype slices times the float32 weight: the products promote to float32 without a
-        # float32 copy of each shifted input, so autograd keeps only views of `padded` (explicit
-        # .float() copies held 4 float32 copies of the input per convolution in eager mode).
-        w = self.conv.weight[:, 0, :].float()  # [C, width]
-        if T == 1:
-            # Decoding: the window is the whole padded input; one product and one sum instead of
-            # a product and a sum per tap (fewer kernel launches per generated token).
-            y = (padded * w.t()).sum(1, keepdim=True)
-        else:
-            # (Accumulating in place with addcmul_ saves a buffer and a kernel per tap, but its
-            # fused rounding changes training numerics; the distributed-equivalence tests caught
-            # the shift at a loss spike, so training keeps the product-then-sum form.)
-            y = padded[:, 0:T] * w[:, 0]
-            for i in range(1, width):
-                y = y + padded[:, i : i + T] * w[:, i]
-        return F.silu(y).to(x.dtype), padded[:, T:].transpose(1, 2)
+        # The arithmetic lives with the kernels (gdn_kernels.reference.short_conv): products of
+        # input-dtype slices and the float32 weight, then a sum per tap (not addcmul_, whose fused
+        # rounding changed training numerics), so autograd keeps only views of the padded input.
+        return short_conv_reference(x, self.conv.weight, tail)
 
 
 class GatedDeltaNetMixer(nn.Module):

@@ -159,9 +159,9 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor | None 
     x: [B, T, C]; weight: [C, 1, W]; tail: [B, C, W-1] inputs preceding x (None: zeros).
     Returns (y [B, T, C] in x's dtype, new tail [B, C, W-1]: the last W-1 inputs, a view).
 
-    The operations of gdn.models.gated_deltanet.ShortConv.forward one for one, so results and
-    gradients are bitwise the same, with one exception: the weight is promoted to at least
-    float32 rather than cast to float32, so a float64 weight stays float64 (gradient checks).
+    This is the model's own short convolution (gdn.models.gated_deltanet.ShortConv calls it on
+    its "torch" backend) and the reference the fused kernels are checked against. The weight is
+    promoted to at least float32, so a float64 weight stays float64 (gradient checks).
     """
     B, T, C = x.shape
     width = weight.shape[-1]
