@@ -88,53 +88,60 @@ def measure(shape: dict, variant: str, prompt_len: int, batch: int, decode_token
     return rows
 
 
+def _prefill_rate(prefill, batch: int, prompt_len: int, device: torch.device, iters: int) -> dict:
+    stats = timing.interleaved({"prefill": prefill}, device, iters, warmup=1)["prefill"]
+    return {"prefill_ms": stats["median_ms"], "prefill_tokens_per_s": batch * prompt_len / (stats["median_ms"] / 1e3)}
+
+
+def _decode_rate(decode, batch: int, decode_tokens: int, device: torch.device, iters: int) -> dict:
+    """Wall rate of `decode` (decode_tokens tokens per call), the kernels' GPU time per token and the
+    peak memory since the caller's reset. Eager decoding at small batch is bound by the host
+    (hundreds of kernel launches per token), so its wall rate compares launch overheads more than
+    models; the kernels' own GPU time per token is the rate the card allows."""
+    stats = timing.interleaved({"decode": decode}, device, max(1, iters // 2), warmup=1)["decode"]
+    row = {"decode_tokens_per_s": batch * decode_tokens / (stats["median_ms"] / 1e3),
+           "decode_ms_per_token": stats["median_ms"] / decode_tokens}
+    gpu_ms = timing.kernel_ms(decode, device)
+    if gpu_ms is not None:
+        row["decode_kernel_ms_per_token"] = gpu_ms / decode_tokens
+    if device.type == "cuda":
+        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: torch.device, iters: int) -> dict:
     """Decode rate on the static cache, each token one replay of the captured step."""
     from gdn.models.generation import DecodeGraph
 
     batch, prompt_len = ids.shape
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    timed = max(1, iters // 2)
+    _reset_peak(device)
     # Room for every decode round: the warm-up, the timed ones and the profiled one (kernel_ms).
-    cache = model.allocate_static_cache(batch, prompt_len + decode_tokens * (timed + 2) + 1)
-    prefill = timing.interleaved({"prefill": partial(model.prefill_static, ids, cache, segment)}, device,
-                                 iters, warmup=1)["prefill"]
-    logits = model.prefill_static(ids, cache, segment)
+    cache = model.allocate_static_cache(batch, prompt_len + decode_tokens * (max(1, iters // 2) + 2) + 1)
+    row = _prefill_rate(partial(model.prefill_static, ids, cache, segment), batch, prompt_len, device, iters)
+    token = model.prefill_static(ids, cache, segment).argmax(-1)
     step = DecodeGraph(model, cache, use_graph=True)
-    token = logits.argmax(-1)
 
     def decode():
         tok = token
         for _ in range(decode_tokens):
             tok = step(tok).argmax(-1)
 
-    stats = timing.interleaved({"decode": decode}, device, timed, warmup=1)["decode"]
-    row = {"prefill_ms": prefill["median_ms"],
-           "prefill_tokens_per_s": batch * prompt_len / (prefill["median_ms"] / 1e3),
-           "decode_tokens_per_s": batch * decode_tokens / (stats["median_ms"] / 1e3),
-           "decode_ms_per_token": stats["median_ms"] / decode_tokens, "cache_gb": cache.nbytes() / 2**30}
+    row.update(_decode_rate(decode, batch, decode_tokens, device, iters), cache_gb=cache.nbytes() / 2**30, status="ok")
     if step.fallback_reason:
         row["note"] = step.fallback_reason
-    gpu_ms = timing.kernel_ms(decode, device)
-    if gpu_ms is not None:
-        row["decode_kernel_ms_per_token"] = gpu_ms / decode_tokens
-    if device.type == "cuda":
-        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    row["status"] = "ok"
     return row
 
 
 def _prefill_and_decode(model, ids, segment, decode_tokens: int, device: torch.device, iters: int) -> dict:
     batch, prompt_len = ids.shape
-    row = {}
-    prefill = timing.interleaved({"prefill": partial(model.prefill, ids, segment)}, device, iters, warmup=1)["prefill"]
-    row["prefill_ms"] = prefill["median_ms"]
-    row["prefill_tokens_per_s"] = batch * prompt_len / (prefill["median_ms"] / 1e3)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    row = _prefill_rate(partial(model.prefill, ids, segment), batch, prompt_len, device, iters)
+    _reset_peak(device)
     logits, caches = model.prefill(ids, segment)
     token = logits.argmax(-1)
     row["cache_gb_after_prompt"] = _cache_bytes(caches) / 2**30
@@ -146,17 +153,7 @@ def _prefill_and_decode(model, ids, segment, decode_tokens: int, device: torch.d
             logits, caches = model.decode_step(tok, caches)
             tok = logits.argmax(-1)
 
-    stats = timing.interleaved({"decode": decode}, device, max(1, iters // 2), warmup=1)["decode"]
-    row["decode_tokens_per_s"] = batch * decode_tokens / (stats["median_ms"] / 1e3)
-    row["decode_ms_per_token"] = stats["median_ms"] / decode_tokens
-    # Eager decoding at small batch is bound by the host (hundreds of kernel launches per
-    # token), so the wall rate compares launch overheads more than models; the kernels' own
-    # GPU time per token is the rate the card allows (what CUDA graphs would approach).
-    gpu_ms = timing.kernel_ms(decode, device)
-    if gpu_ms is not None:
-        row["decode_kernel_ms_per_token"] = gpu_ms / decode_tokens
+    row.update(_decode_rate(decode, batch, decode_tokens, device, iters))
     row["cache_gb_after_decode"] = _cache_bytes(caches) / 2**30
-    if device.type == "cuda":
-        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     row["status"] = "ok"
     return row
