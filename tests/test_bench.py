@@ -207,9 +207,14 @@ def test_inference_rows_name_their_path_and_fraction_of_the_bandwidth_floor(vari
         assert row["status"] == "ok" and row["decode_tokens_per_s"] > 0
         # the floor is the bytes of one step (weights once, cache once, recurrent state twice) at 1 GB/s
         assert row["floor_bytes_per_step"] > row["weights_gb"] * 2**30
-        assert row["floor_fraction"] == pytest.approx(
-            row["floor_bytes_per_step"] / 1e9 * 1e3 / (row["decode_ms_per_token"] * 2))
+        # one step decodes a token of each of the 2 sequences: the floor is per step, not per token
+        assert row["decode_tokens_per_s"] == pytest.approx(2 * 1e3 / row["decode_ms_per_token"])
+        floor_ms = row["floor_bytes_per_step"] / 1e9 * 1e3
+        assert row["floor_fraction"] == pytest.approx(floor_ms / row["decode_ms_per_token"])
     assert "CUDA graphs need a CUDA device" in rows[1]["note"]  # the CPU runs the same step eagerly
+    [unknown] = inference.measure(SHAPE, variant, 16, 1, 2, torch.device("cpu"), iters=1, vocab_size=64,
+                                  paths=("eager",))
+    assert "floor_fraction" not in unknown and "set bench.inference.hbm_gb_s" in unknown["note"]
 
 
 def test_profiling_scripts_find_a_named_shape_or_name_the_ones_there_are(tmp_path):

@@ -71,7 +71,7 @@ def measure(shape: dict, variant: str, prompt_len: int, batch: int, decode_token
                 row.update(decode(model, ids, segment, decode_tokens, device, iters))
                 if segment is not None:
                     row["prefill_segment_len"] = segment
-                    row["note"] = (f"the whole-prompt prefill ran out of memory; prefilled in segments of "
+                    _add_note(row, f"the whole-prompt prefill ran out of memory; prefilled in segments of "
                                    f"{segment} tokens")
                 break
             except torch.OutOfMemoryError:
@@ -80,12 +80,20 @@ def measure(shape: dict, variant: str, prompt_len: int, batch: int, decode_token
         else:
             row["status"] = "out of memory"
         row["floor_bytes_per_step"] = floor_bytes
-        if bandwidth and row.get("decode_ms_per_token"):
+        if bandwidth is None:
+            _add_note(row, "no memory-bandwidth figure for this device: set bench.inference.hbm_gb_s "
+                           "for floor_fraction")
+        elif row.get("decode_ms_per_token"):
             floor_ms = floor_bytes / bandwidth * 1e3
             row["floor_ms_per_step"] = floor_ms
-            row["floor_fraction"] = floor_ms / (row["decode_ms_per_token"] * batch)  # measured ms per step
+            # decode_ms_per_token is the time of one step, which decodes one token of every sequence
+            row["floor_fraction"] = floor_ms / row["decode_ms_per_token"]
         rows.append(row)
     return rows
+
+
+def _add_note(row: dict, text: str) -> None:
+    row["note"] = f"{row['note']}; {text}" if row.get("note") else text
 
 
 def _prefill_rate(prefill, batch: int, prompt_len: int, device: torch.device, iters: int) -> dict:
@@ -134,7 +142,7 @@ def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: t
 
     row.update(_decode_rate(decode, batch, decode_tokens, device, iters), cache_gb=cache.nbytes() / 2**30, status="ok")
     if step.fallback_reason:
-        row["note"] = step.fallback_reason
+        _add_note(row, step.fallback_reason)
     return row
 
 
