@@ -109,3 +109,13 @@ def test_a_step_past_the_end_of_the_cache_is_refused(tiny_spec):
     step(torch.tensor([2]))
     with pytest.raises(ValueError, match="static cache is full"):
         step(torch.tensor([3]))
+
+
+def test_a_padded_batch_is_refused_with_what_to_do(tiny_spec):
+    model = _model(tiny_spec, "gdn_mup")
+    x = torch.randint(0, 61, (2, 5))
+    mask = torch.ones_like(x)
+    mask[1, :2] = 0
+    with pytest.raises(ValueError, match="equal length"):
+        model.generate(x, attention_mask=mask, max_new_tokens=3)
+    assert model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=3).shape == (2, 8)

@@ -214,10 +214,14 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
                  top_k=None, top_p=None, eos_token_id=None, pad_token_id=None, attention_mask=None,
                  stopping_criteria=None, use_graph=None, **kwargs):
         """transformers' `generate`, on the static-cache, CUDA-graph path (gdn.models.generation) for
-        greedy and sampled decoding of unpadded prompts. Anything that path does not do (beam search,
-        left padding, other logits processors) goes to transformers' own `generate`."""
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if input_ids is None or padded or _refused_by_fast_path(kwargs):
+        greedy and sampled decoding of unpadded prompts. Anything else that path does not do (beam search,
+        other logits processors) goes to transformers' own `generate`; a padded batch is refused."""
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # Neither path could honour it: the models take no padding mask, so padded positions
+            # would be read as tokens.
+            raise ValueError("generate() got a padded batch (attention_mask has zeros), which these models cannot "
+                             "mask: pass prompts of equal length in a batch, or one prompt at a time")
+        if input_ids is None or _refused_by_fast_path(kwargs):
             return super().generate(input_ids=input_ids, max_new_tokens=max_new_tokens, max_length=max_length,
                                     do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                                     eos_token_id=eos_token_id, pad_token_id=pad_token_id,

@@ -12,6 +12,7 @@ tokens are read back to the host once, after the last one.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -65,6 +66,8 @@ class DecodeGraph:
                 self._capture(warmup)
             except RuntimeError as error:  # e.g. an op that synchronizes the host inside the step
                 self.graph, self.fallback_reason = None, f"capture failed: {error}"
+                warnings.warn(f"CUDA graph capture of the decode step failed, decoding eagerly (slower): {error}",
+                              RuntimeWarning, stacklevel=2)
         self.path = "graph" if self.graph is not None else "eager"
 
     def _capture(self, warmup: int):
