@@ -23,6 +23,9 @@ def _cache_bytes(caches) -> int:
 # the bytes it must read (every weight once per step, plus the cache) at this rate.
 HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
 PATHS = ("eager", "graph")
+# "compiled": the graph path with the step compiled by torch.compile before capture (not a default:
+# it adds a compilation per model and shape).
+KNOWN_PATHS = ("eager", "graph", "compiled")
 
 
 def hbm_bytes_per_s(device: torch.device, override: float | None = None) -> float | None:
@@ -50,6 +53,9 @@ def measure(shape: dict, variant: str, prompt_len: int, batch: int, decode_token
     If the whole-prompt prefill runs out of memory and the model can prefill in segments (GDN), it
     is measured again with segments of `segment_on_oom` tokens and the rows say so
     (`prefill_segment_len`); otherwise they record the out-of-memory."""
+    unknown = [p for p in paths if p not in KNOWN_PATHS]
+    if unknown:
+        raise ValueError(f"unknown decode path(s) {unknown}; known: {KNOWN_PATHS}")
     model = shapes.build(shape, variant, vocab_size, device, torch.bfloat16).eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     common = {"suite": "inference", "shape": shape["name"], "variant": variant, "prompt_len": prompt_len,
@@ -67,8 +73,11 @@ def measure(shape: dict, variant: str, prompt_len: int, batch: int, decode_token
         row = {**common, "path": path}
         for segment in segments:
             try:
-                decode = _prefill_and_decode if path == "eager" else _prefill_and_decode_graph
-                row.update(decode(model, ids, segment, decode_tokens, device, iters))
+                if path == "eager":
+                    row.update(_prefill_and_decode(model, ids, segment, decode_tokens, device, iters))
+                else:
+                    row.update(_prefill_and_decode_graph(model, ids, segment, decode_tokens, device, iters,
+                                                         compile_step=path == "compiled"))
                 if segment is not None:
                     row["prefill_segment_len"] = segment
                     _add_note(row, f"the whole-prompt prefill ran out of memory; prefilled in segments of "
@@ -123,7 +132,8 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: torch.device, iters: int) -> dict:
+def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: torch.device, iters: int,
+                              compile_step: bool = False) -> dict:
     """Decode rate on the static cache, each token one replay of the captured step."""
     from gdn.models.generation import DecodeGraph
 
@@ -133,7 +143,7 @@ def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: t
     cache = model.allocate_static_cache(batch, prompt_len + decode_tokens * (max(1, iters // 2) + 2) + 1)
     row = _prefill_rate(partial(model.prefill_static, ids, cache, segment), batch, prompt_len, device, iters)
     token = model.prefill_static(ids, cache, segment).argmax(-1)
-    step = DecodeGraph(model, cache, use_graph=True)
+    step = DecodeGraph(model, cache, use_graph=True, compile_step=compile_step)
 
     def decode():
         tok = token

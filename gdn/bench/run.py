@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gdn import provenance
-from gdn.bench import inference, overhead, throughput
+from gdn.bench import inference, overhead, peers, throughput
 from gdn.bench.exclusive import one_at_a_time
 from gdn.checkpoint import write_json_atomic
 
@@ -61,6 +61,12 @@ def run_suite(suite: str, settings: dict, device: torch.device):
                                                 segment_on_oom=section.get("prefill_segment_on_oom", 2048),
                                                 paths=section.get("paths", inference.PATHS),
                                                 hbm_override=section.get("hbm_gb_s") and section["hbm_gb_s"] * 1e9)
+            for peer in section.get("peers", []):
+                for prompt in section.get("prompts", [2048]):
+                    for batch in section.get("batches", [1]):
+                        yield peers.measure(peer, _shape(settings, name), prompt, batch,
+                                            section.get("decode_tokens", 32), device, section.get("iters", 3),
+                                            vocab, hbm_override=section.get("hbm_gb_s") and section["hbm_gb_s"] * 1e9)
     else:
         raise ValueError(f"unknown bench suite {suite!r}; choose one of {SUITES}")
 

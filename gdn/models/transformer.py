@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from gdn_kernels import decode_attention
 
 from gdn.models.base import CausalLMBase
 from gdn.models.configuration import TransformerLMConfig
@@ -58,9 +59,10 @@ class Attention(nn.Module):
         static["k"][:, :, :length] = dynamic["k"][:, :, :length]
         static["v"][:, :, :length] = dynamic["v"][:, :, :length]
 
-    def static_step(self, x, layer: dict, rope, pos, visible):
-        """x [B, 1, d] at position `pos` (device tensor [1]); `visible` [L] masks the cache rows not
-        yet written. Attention reads the whole buffer, so a step costs the same at every position."""
+    def static_step(self, x, layer: dict, rope, pos):
+        """x [B, 1, d] at position `pos` (device tensor [1]). The new K, V row is written at `pos`;
+        attention reads rows 0..pos (gdn_kernels.decode_attention: on CUDA, split-KV kernels that
+        read pos on the device, so a step reads only the rows written so far)."""
         B = x.shape[0]
         q, k, v = (proj(x).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
@@ -68,8 +70,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         layer["k"].index_copy_(2, pos, k)
         layer["v"].index_copy_(2, pos, v)
-        o = F.scaled_dot_product_attention(q, layer["k"], layer["v"], attn_mask=visible, scale=self.scale)
-        return self.o_proj(o.transpose(1, 2).reshape(B, 1, -1))
+        o = decode_attention(q[:, :, 0], layer["k"], layer["v"], pos, scale=self.scale)
+        return self.o_proj(o.reshape(B, 1, -1))
 
 
 def _append_to_cache(cache: dict, k: torch.Tensor, v: torch.Tensor, reserve: int = 256) -> dict:
@@ -98,12 +100,12 @@ class TransformerLM(CausalLMBase):
 
     def static_tables(self, max_len: int, device) -> dict:
         cos, sin = rotary_tables(max_len, self.config.head_dim, self.config.rope_theta, device)
-        return {"cos": cos, "sin": sin, "positions": torch.arange(max_len, device=device)}
+        return {"cos": cos, "sin": sin}
 
     def static_step_inputs(self, cache) -> dict:
         tables, pos = cache.shared, cache.pos
         rope = (tables["cos"].index_select(0, pos), tables["sin"].index_select(0, pos))  # [1, head_dim / 2]
-        return {"rope": rope, "pos": pos, "visible": (tables["positions"] <= pos)[None, :]}  # [1, L]
+        return {"rope": rope, "pos": pos}
 
     def mixer_inputs(self, seq_len: int, caches) -> dict:
         past = caches[0].get("len", 0) if caches and caches[0] else 0

@@ -4,6 +4,13 @@ Import name `gdn_kernels` (the folder is `kernels/`): Hugging Face owns the `ker
 import name and transformers probes for it.
 """
 
-from gdn_kernels.api import gated_delta_decode_fused, gated_delta_rule, gated_delta_rule_step, short_conv_silu
+from gdn_kernels.api import (
+    decode_attention,
+    gated_delta_decode_fused,
+    gated_delta_rule,
+    gated_delta_rule_step,
+    short_conv_silu,
+)
 
-__all__ = ["gated_delta_decode_fused", "gated_delta_rule", "gated_delta_rule_step", "short_conv_silu"]
+__all__ = ["decode_attention", "gated_delta_decode_fused", "gated_delta_rule", "gated_delta_rule_step",
+           "short_conv_silu"]

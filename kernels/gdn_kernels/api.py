@@ -277,3 +277,42 @@ def short_conv_silu(x: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor | 
 
         return triton_short_conv.short_conv_silu(x, weight, tail)
     return reference.short_conv(x, weight, tail)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor, *,
+                     scale: float, backend: str = "auto", splits: int | None = None) -> torch.Tensor:
+    """Attention of one new token per sequence and head over a static KV cache (inference only).
+
+    q: [B, H, D]; k_cache, v_cache: [B, H, L, D] with unit stride along D (rows past the current
+    position may hold anything); pos: a one-element integer device tensor, the current token's row:
+    rows 0..pos are attended to. Returns softmax(scale q k^T) v as [B, H, D] in q's dtype.
+
+    Triton ("auto" on CUDA): split-KV kernels (triton_decode_attention) that read pos on the device,
+    so one launch serves every position (CUDA-graph capture) and reads only the rows written so far;
+    `splits` overrides the number of key ranges. "torch": reference.decode_attention, SDPA with a mask
+    over the whole buffer.
+    """
+    def fail(msg):
+        raise ValueError(f"decode_attention: {msg}")
+
+    if q.dim() != 3:
+        fail(f"q must be [B, H, D], got {tuple(q.shape)}")
+    B, H, D = q.shape
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dim() != 4 or tuple(t.shape[:2]) != (B, H) or t.shape[3] != D:
+            fail(f"{name} must be [B, H, L, D] = [{B}, {H}, L, {D}], got {tuple(t.shape)}")
+        if t.stride(-1) != 1:
+            fail(f"{name} needs unit stride along D")
+        if t.device != q.device:
+            fail(f"{name} is on {t.device} but q is on {q.device}")
+    if k_cache.shape != v_cache.shape:
+        fail(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ")
+    if pos.numel() != 1 or pos.dtype not in (torch.int32, torch.int64) or pos.device != q.device:
+        fail(f"pos must be one int32/int64 element on {q.device}, got {pos.dtype} {tuple(pos.shape)} on {pos.device}")
+    if q.stride(-1) != 1:
+        fail("q needs unit stride along D")
+    if _resolve_backend(backend, q.device) == "triton":
+        from gdn_kernels import triton_ops
+
+        return triton_ops.decode_attention(q, k_cache, v_cache, pos, scale=scale, splits=splits)
+    return reference.decode_attention(q, k_cache, v_cache, pos, scale)

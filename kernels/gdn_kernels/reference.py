@@ -218,3 +218,11 @@ def fused_decode_step(
     V = o.shape[-1]
     y = F.rms_norm(o, (V,), norm_weight.float(), norm_eps) * F.silu(gate.reshape(B, H, V).float())
     return y.to(x_v.dtype).reshape(B, H * V)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """q [B, H, D] attends to cache rows 0..pos of k_cache, v_cache [B, H, L, D]: SDPA with a mask
+    over the whole buffer (fixed shapes, no host read of pos). Returns [B, H, D] in q's dtype."""
+    visible = (torch.arange(k_cache.shape[2], device=q.device) <= pos)[None, :]
+    return F.scaled_dot_product_attention(q[:, :, None], k_cache, v_cache, attn_mask=visible, scale=scale)[:, :, 0]

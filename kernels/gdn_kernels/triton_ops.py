@@ -389,3 +389,33 @@ def gated_delta_decode_fused(
         H, K=K, V=V, W=W, BK=BK, BV=BV, VP=VP, num_warps=LAUNCH.fused_decode_warps,
     )
     return out
+
+
+def decode_attention(q, k_cache, v_cache, pos, *, scale: float, splits: int | None = None):
+    """Split-KV attention of one token per (sequence, head) over the cache rows 0..pos; see
+    api.decode_attention (which checks the shapes). Two launches, no host synchronization."""
+    from gdn_kernels.triton_decode_attention import decode_attention_merge_kernel, decode_attention_partial_kernel
+
+    B, H, D = q.shape
+    L = k_cache.shape[2]
+    block_n = 64
+    if splits is None:
+        # Enough programs to cover the SMs about twice over, never more ranges than blocks of keys.
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+        splits = max(1, min(triton.cdiv(2 * sms, B * H), triton.cdiv(L, block_n)))
+    DP = triton.next_power_of_2(D)
+    part_acc = torch.empty(B * H * splits, DP, dtype=torch.float32, device=q.device)
+    part_m = torch.empty(B * H * splits, dtype=torch.float32, device=q.device)
+    part_l = torch.empty(B * H * splits, dtype=torch.float32, device=q.device)
+    decode_attention_partial_kernel[(B * H, splits)](
+        q, k_cache, v_cache, pos, part_acc, part_m, part_l,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        H, float(scale), SPLITS=splits, D=D, DP=DP, BLOCK_N=block_n, num_warps=4,
+    )
+    out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
+    decode_attention_merge_kernel[(B * H,)](
+        part_acc, part_m, part_l, out, out.stride(0), out.stride(1), H,
+        SPLITS=splits, SP=triton.next_power_of_2(splits), D=D, DP=DP, num_warps=4,
+    )
+    return out

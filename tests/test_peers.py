@@ -1,0 +1,46 @@
+"""The inference table's outside models (gdn.bench.peers): timing and cache accounting on the CPU with
+a small transformers Llama; fla's models need its package and a GPU and are checked there."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from gdn.bench import peers
+
+SHAPE = {"name": "tiny", "width": 64, "base_width": 32, "n_layers": 2, "width_mode": "head_dim", "n_heads": 4,
+         "gdn_expand_v": 2, "mlp_ratio": {"transformer": 2.75, "gdn": 1.42}}
+
+
+def test_llama_config_has_our_transformer_shape():
+    config = peers._llama_config(SHAPE, vocab=100, max_len=64)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.head_dim) == (64, 2, 4, 16)
+    assert config.intermediate_size == 176  # 2.75 x 64, as our Transformer's MLP
+
+
+def test_timing_splits_prefill_from_decoding():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, vocab_size=50, pad_token_id=0)).eval()
+    row = peers._time(model, prompt_len=8, batch=2, decode_tokens=4, device=torch.device("cpu"), iters=1, vocab=50)
+    assert row["generate_ms"] > 0 and row["prefill_ms"] > 0
+    assert row["decode_tokens_per_s"] == 2 / (row["decode_ms_per_token"] / 1e3)
+    # the prompt's KV cache: 1 layer x (K and V) x batch 2 x 2 heads x 8 tokens x 16 dims x 4 bytes
+    assert row["cache_bytes"] == 1 * 2 * 2 * 2 * 8 * 16 * 4
+
+
+def test_shared_tensors_are_counted_once():
+    t = torch.zeros(10)
+    assert peers._tensor_bytes({"a": t, "b": [t, torch.zeros(2)]}) == 48
+
+
+def test_a_peer_off_cuda_is_listed_as_skipped():
+    rows = peers.measure("fla_rwkv7", SHAPE, 16, 1, 4, torch.device("cpu"), 1, 100, target_params=1000)
+    assert rows[0]["status"] == "skipped" and rows[0]["path"] == "fla-generate"
+
+
+def test_our_gdn_parameter_count_is_the_models():
+    from gdn.bench import shapes
+
+    model = shapes.build(SHAPE, "gdn_mup", 100, torch.device("cpu"), torch.float32)
+    assert peers.gdn_parameter_count(SHAPE, 100) == model.num_parameters_split()["total"]
