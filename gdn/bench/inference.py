@@ -23,9 +23,6 @@ def _cache_bytes(caches) -> int:
 # the bytes it must read (every weight once per step, plus the cache) at this rate.
 HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
 PATHS = ("eager", "graph")
-# "compiled": the graph path with the step compiled by torch.compile before capture (not a default:
-# it adds a compilation per model and shape).
-KNOWN_PATHS = ("eager", "graph", "compiled")
 
 
 def hbm_bytes_per_s(device: torch.device, override: float | None = None) -> float | None:
@@ -53,9 +50,9 @@ def measure(shape: dict, variant: str, prompt_len: int, batch: int, decode_token
     If the whole-prompt prefill runs out of memory and the model can prefill in segments (GDN), it
     is measured again with segments of `segment_on_oom` tokens and the rows say so
     (`prefill_segment_len`); otherwise they record the out-of-memory."""
-    unknown = [p for p in paths if p not in KNOWN_PATHS]
+    unknown = [p for p in paths if p not in PATHS]
     if unknown:
-        raise ValueError(f"unknown decode path(s) {unknown}; known: {KNOWN_PATHS}")
+        raise ValueError(f"unknown decode path(s) {unknown}; known: {PATHS}")
     model = shapes.build(shape, variant, vocab_size, device, torch.bfloat16).eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     common = {"suite": "inference", "shape": shape["name"], "variant": variant, "prompt_len": prompt_len,
@@ -76,8 +73,7 @@ def measure(shape: dict, variant: str, prompt_len: int, batch: int, decode_token
                 if path == "eager":
                     row.update(_prefill_and_decode(model, ids, segment, decode_tokens, device, iters))
                 else:
-                    row.update(_prefill_and_decode_graph(model, ids, segment, decode_tokens, device, iters,
-                                                         compile_step=path == "compiled"))
+                    row.update(_prefill_and_decode_graph(model, ids, segment, decode_tokens, device, iters))
                 if segment is not None:
                     row["prefill_segment_len"] = segment
                     _add_note(row, f"the whole-prompt prefill ran out of memory; prefilled in segments of "
@@ -132,8 +128,7 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: torch.device, iters: int,
-                              compile_step: bool = False) -> dict:
+def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: torch.device, iters: int) -> dict:
     """Decode rate on the static cache, each token one replay of the captured step."""
     from gdn.models.generation import DecodeGraph
 
@@ -143,14 +138,15 @@ def _prefill_and_decode_graph(model, ids, segment, decode_tokens: int, device: t
     cache = model.allocate_static_cache(batch, prompt_len + decode_tokens * (max(1, iters // 2) + 2) + 1)
     row = _prefill_rate(partial(model.prefill_static, ids, cache, segment), batch, prompt_len, device, iters)
     token = model.prefill_static(ids, cache, segment).argmax(-1)
-    step = DecodeGraph(model, cache, use_graph=True, compile_step=compile_step)
+    step = DecodeGraph(model, cache, use_graph=True)
 
     def decode():
         tok = token
         for _ in range(decode_tokens):
             tok = step(tok).argmax(-1)
 
-    row.update(_decode_rate(decode, batch, decode_tokens, device, iters), cache_gb=cache.nbytes() / 2**30, status="ok")
+    row.update(_decode_rate(decode, batch, decode_tokens, device, iters), cache_gb=cache.nbytes() / 2**30,
+               decode_weight_copies_gb=cache.weights_nbytes() / 2**30, status="ok")
     if step.fallback_reason:
         _add_note(row, step.fallback_reason)
     return row

@@ -81,8 +81,9 @@ def _count_on_meta(cls, config) -> int:
 def matched_layers(peer: str, shape: dict, vocab: int, target_params: int) -> int:
     """Layers of `peer` at this width whose parameter count is closest to `target_params`."""
     cls = _fla_class(peer)
-    one, two = (_count_on_meta(cls, _fla_config(peer, shape, vocab, n)) for n in (1, 2))
-    per_layer, rest = two - one, one - (two - one)
+    # Two and three layers (RWKV-7's initialization divides by the layer count minus one).
+    two, three = (_count_on_meta(cls, _fla_config(peer, shape, vocab, n)) for n in (2, 3))
+    per_layer, rest = three - two, two - 2 * (three - two)
     return max(1, round((target_params - rest) / per_layer))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from gdn_kernels import add_rms_norm, silu_mul
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
@@ -52,10 +53,20 @@ class Block(nn.Module):
         x = x + self.mlp(self.mlp_norm(x))
         return x, new_cache
 
-    def static_step(self, x, layer_cache: dict, **step_inputs):
-        """One token through the block, reading and writing the layer's static cache in place."""
-        x = x + self.mixer.static_step(self.mixer_norm(x), layer_cache, **step_inputs)
-        return x + self.mlp(self.mlp_norm(x))
+    def decode_weights(self) -> dict:
+        """Copies of the weights the decode step multiplies by one token, concatenated per input."""
+        return {"mixer_in": self.mixer.decode_input_weight(),
+                "mlp_in": torch.cat([self.mlp.gate_proj.weight, self.mlp.up_proj.weight])}
+
+    def static_step(self, x, h, layer_cache: dict, weights: dict, **step_inputs):
+        """One token [B, d] through the block, reading and writing the layer's static cache in place.
+        `h` is the previous block's last branch output, not yet added to the residual stream `x`
+        (None before the first block): each residual add is fused with the norm that follows it.
+        Returns (residual stream, this block's MLP output)."""
+        x, y = add_rms_norm(x, h, self.mixer_norm.weight, self.mixer_norm.eps)
+        h = self.mixer.static_step(y, layer_cache, weights["mixer_in"], **step_inputs)
+        x, y = add_rms_norm(x, h, self.mlp_norm.weight, self.mlp_norm.eps)
+        return x, self.mlp.down_proj(silu_mul(F.linear(y, weights["mlp_in"])))
 
 
 class CausalLMBase(PreTrainedModel, GenerationMixin):
@@ -174,6 +185,9 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
         cache = StaticCache(batch, max_len, pos=torch.zeros(1, dtype=torch.long, device=device))
         cache.layers = [block.mixer.allocate_static(batch, max_len, device, dtype) for block in self.blocks]
         cache.shared = self.static_tables(max_len, device)
+        if device.type != "meta":  # a cache on "meta" only measures sizes (gdn.bench.inference)
+            with torch.no_grad():
+                cache.weights = [block.decode_weights() for block in self.blocks]
         return cache
 
     def static_tables(self, max_len: int, device) -> dict:
@@ -202,11 +216,12 @@ class CausalLMBase(PreTrainedModel, GenerationMixin):
     def static_decode_step(self, token_ids, cache: StaticCache):
         """Logits [B, V] of one token per sequence ([B]) at the cache's position, which advances by
         one. Fixed shapes, no host synchronization: safe to capture in a CUDA graph."""
-        x = self.embed(token_ids[:, None])
+        x, h = self.embed(token_ids), None
         inputs = self.static_step_inputs(cache)
-        for block, layer in zip(self.blocks, cache.layers, strict=True):
-            x = block.static_step(x, layer, **inputs)
-        logits = self.readout(self.final_norm(x)[:, 0])
+        for block, layer, weights in zip(self.blocks, cache.layers, cache.weights, strict=True):
+            x, h = block.static_step(x, h, layer, weights, **inputs)
+        _, y = add_rms_norm(x, h, self.final_norm.weight, self.final_norm.eps)
+        logits = self.readout(y)
         cache.pos.add_(1)
         return logits
 

@@ -145,20 +145,25 @@ class GatedDeltaNetMixer(nn.Module):
         for name, tail in zip(("tail_q", "tail_k", "tail_v"), dynamic["conv"], strict=True):
             static[name].copy_(tail.transpose(1, 2))  # the chunked path keeps tails as [B, C, width]
 
-    def static_step(self, x, layer: dict):
-        """x [B, 1, d]: projections, then convolutions, gates, the delta rule and the gated norm in
-        one fused call that updates the layer's state and tails in place."""
-        x = x[:, 0]
+    def decode_input_weight(self) -> torch.Tensor:
+        """q, k, v, g and the raw gate-logit weights a, b stacked: one product per decoded token."""
+        return torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.g_proj.weight,
+                          self.a_proj.weight, self.b_proj.weight])
+
+    def static_step(self, x, layer: dict, w_in):
+        """x [B, d]: the stacked projections (w_in, decode_input_weight), then convolutions, gates, the
+        delta rule and the gated norm in one fused call that updates the layer's state and tails in place.
+        Returns [B, d]."""
+        HK, HV, H = self.n_heads * self.head_k_dim, self.n_heads * self.head_v_dim, self.n_heads
+        x_q, x_k, x_v, gate, a, b = F.linear(x, w_in).split([HK, HK, HV, HV, H, H], dim=-1)
         o = gated_delta_decode_fused(
-            self.q_proj(x), self.k_proj(x), self.v_proj(x),
-            self.q_conv.conv.weight, self.k_conv.conv.weight, self.v_conv.conv.weight,
-            layer["tail_q"], layer["tail_k"], layer["tail_v"],
-            F.linear(x, self.a_proj.weight), F.linear(x, self.b_proj.weight), self.A_log, self.dt_bias,
-            layer["state"], self.g_proj(x), self.o_norm.weight,
+            x_q, x_k, x_v, self.q_conv.conv.weight, self.k_conv.conv.weight, self.v_conv.conv.weight,
+            layer["tail_q"], layer["tail_k"], layer["tail_v"], a, b, self.A_log, self.dt_bias,
+            layer["state"], gate, self.o_norm.weight,
             n_heads=self.n_heads, scale=self.query_scale, a_scale=self.a_proj.multiplier,
             b_scale=self.b_proj.multiplier, norm_eps=self.o_norm.eps, backend=self.backend,
         )
-        return self.o_proj(o)[:, None]
+        return self.o_proj(o)
 
 
 class GatedDeltaNetLM(CausalLMBase):

@@ -27,6 +27,10 @@ class StaticCache:
     pos: torch.Tensor
     layers: list[dict] = field(default_factory=list)
     shared: dict = field(default_factory=dict)  # per-model tables (the Transformer's rotary cos/sin)
+    # Per layer, the decode step's concatenated weights (each layer's input projections, its MLP's
+    # gate and up): one matrix-vector product instead of several, at the cost of a copy of those
+    # weights for as long as the cache lives (weights_nbytes). Not cache: left out of nbytes().
+    weights: list[dict] = field(default_factory=list)
 
     def recurrent_tensors(self) -> list[torch.Tensor]:
         """What a step overwrites in a way a later step cannot undo (the position, GDN's state and
@@ -40,6 +44,9 @@ class StaticCache:
         tensors = [self.pos, *(t for layer in self.layers for t in layer.values())]
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def weights_nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.weights for t in layer.values())
+
 
 class DecodeGraph:
     """`model.static_decode_step` on fixed input/output buffers, captured as a CUDA graph.
@@ -48,15 +55,9 @@ class DecodeGraph:
     capture that failed: `fallback_reason` says why). Both compute the same step.
     """
 
-    def __init__(self, model, cache: StaticCache, use_graph: bool | None = None, warmup: int = 2,
-                 compile_step: bool = False):
+    def __init__(self, model, cache: StaticCache, use_graph: bool | None = None, warmup: int = 2):
         self.model, self.cache = model, cache
-        # compile_step: torch.compile the step before capturing it, which fuses the elementwise work
-        # between the matrix products (norms, casts, residual adds, SiLU) into fewer kernels. It costs
-        # a compilation per model and cache shape, so it is opt-in (the inference suite's "compiled").
         self.step_fn = model.static_decode_step
-        if compile_step:
-            self.step_fn = torch.compile(model.static_decode_step, dynamic=False)
         device = cache.pos.device
         # Counted on the host (one read of the position, here), so that a step past the end of the
         # buffers is refused with an error rather than a write out of bounds on the device.
@@ -71,9 +72,8 @@ class DecodeGraph:
         elif want:
             try:
                 self._capture(warmup)
-            except Exception as error:  # e.g. an op that synchronizes the host, or a compile error
+            except RuntimeError as error:  # e.g. an op that synchronizes the host inside the step
                 self.graph, self.fallback_reason = None, f"capture failed: {type(error).__name__}: {error}"
-                self.step_fn = model.static_decode_step
                 warnings.warn(f"CUDA graph capture of the decode step failed, decoding eagerly (slower): {error}",
                               RuntimeWarning, stacklevel=2)
         self.path = "graph" if self.graph is not None else "eager"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from gdn_kernels import decode_attention
+from gdn_kernels import decode_attention, rope_kv_write
 
 from gdn.models.base import CausalLMBase
 from gdn.models.configuration import TransformerLMConfig
@@ -59,19 +59,19 @@ class Attention(nn.Module):
         static["k"][:, :, :length] = dynamic["k"][:, :, :length]
         static["v"][:, :, :length] = dynamic["v"][:, :, :length]
 
-    def static_step(self, x, layer: dict, rope, pos):
-        """x [B, 1, d] at position `pos` (device tensor [1]). The new K, V row is written at `pos`;
-        attention reads rows 0..pos (gdn_kernels.decode_attention: on CUDA, split-KV kernels that
-        read pos on the device, so a step reads only the rows written so far)."""
-        B = x.shape[0]
-        q, k, v = (proj(x).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
-        cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        layer["k"].index_copy_(2, pos, k)
-        layer["v"].index_copy_(2, pos, v)
-        o = decode_attention(q[:, :, 0], layer["k"], layer["v"], pos, scale=self.scale)
-        return self.o_proj(o.reshape(B, 1, -1))
+    def decode_input_weight(self) -> torch.Tensor:
+        """q, k and v weights stacked: one product per decoded token."""
+        return torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+
+    def static_step(self, x, layer: dict, w_in, rope_tables, pos):
+        """x [B, d] at position `pos` (device tensor [1]). The rotated K and the V row are written at
+        `pos` (gdn_kernels.rope_kv_write); attention reads rows 0..pos (gdn_kernels.decode_attention:
+        on CUDA, split-KV kernels that read pos on the device, so a step reads only the rows written
+        so far). Returns [B, d]."""
+        cos, sin = rope_tables
+        q = rope_kv_write(F.linear(x, w_in), cos, sin, pos, layer["k"], layer["v"])
+        o = decode_attention(q, layer["k"], layer["v"], pos, scale=self.scale)
+        return self.o_proj(o.reshape(x.shape[0], -1))
 
 
 def _append_to_cache(cache: dict, k: torch.Tensor, v: torch.Tensor, reserve: int = 256) -> dict:
@@ -103,9 +103,7 @@ class TransformerLM(CausalLMBase):
         return {"cos": cos, "sin": sin}
 
     def static_step_inputs(self, cache) -> dict:
-        tables, pos = cache.shared, cache.pos
-        rope = (tables["cos"].index_select(0, pos), tables["sin"].index_select(0, pos))  # [1, head_dim / 2]
-        return {"rope": rope, "pos": pos}
+        return {"rope_tables": (cache.shared["cos"], cache.shared["sin"]), "pos": cache.pos}
 
     def mixer_inputs(self, seq_len: int, caches) -> dict:
         past = caches[0].get("len", 0) if caches and caches[0] else 0

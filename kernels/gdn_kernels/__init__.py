@@ -5,12 +5,15 @@ import name and transformers probes for it.
 """
 
 from gdn_kernels.api import (
+    add_rms_norm,
     decode_attention,
     gated_delta_decode_fused,
     gated_delta_rule,
     gated_delta_rule_step,
+    rope_kv_write,
     short_conv_silu,
+    silu_mul,
 )
 
-__all__ = ["decode_attention", "gated_delta_decode_fused", "gated_delta_rule", "gated_delta_rule_step",
-           "short_conv_silu"]
+__all__ = ["add_rms_norm", "decode_attention", "gated_delta_decode_fused", "gated_delta_rule", "gated_delta_rule_step",
+           "rope_kv_write", "short_conv_silu", "silu_mul"]

@@ -316,3 +316,49 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
         return triton_ops.decode_attention(q, k_cache, v_cache, pos, scale=scale, splits=splits)
     return reference.decode_attention(q, k_cache, v_cache, pos, scale)
+
+
+def add_rms_norm(x: torch.Tensor, h: torch.Tensor | None, weight: torch.Tensor, eps: float, *,
+                 backend: str = "auto"):
+    """Residual add and RMSNorm of a decode step's rows: returns (s, rms_norm(s) * weight) with s = x + h in
+    x's dtype (s = x when h is None). x, h: [B, N] with unit stride along N; weight: [N]. Triton on CUDA
+    (one launch), reference.add_rms_norm otherwise."""
+    if x.dim() != 2 or (h is not None and h.shape != x.shape) or weight.shape != (x.shape[-1],):
+        raise ValueError(f"add_rms_norm: x must be [B, N], h the same or None, weight [N]; got x {tuple(x.shape)}, "
+                         f"h {None if h is None else tuple(h.shape)}, weight {tuple(weight.shape)}")
+    if _resolve_backend(backend, x.device) == "triton" and x.stride(-1) == 1 and (h is None or h.stride(-1) == 1):
+        from gdn_kernels import triton_ops
+
+        return triton_ops.add_rms_norm(x, h, weight, eps)
+    return reference.add_rms_norm(x, h, weight, eps)
+
+
+def silu_mul(gate_up: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """SwiGLU's activation on a fused gate/up product [B, 2N]: silu(gate) * up, float32 math, rounded once.
+    Triton on CUDA (one launch), reference.silu_mul otherwise."""
+    if gate_up.dim() != 2 or gate_up.shape[-1] % 2:
+        raise ValueError(f"silu_mul: gate_up must be [B, 2N], got {tuple(gate_up.shape)}")
+    if _resolve_backend(backend, gate_up.device) == "triton" and gate_up.stride(-1) == 1:
+        from gdn_kernels import triton_ops
+
+        return triton_ops.silu_mul(gate_up)
+    return reference.silu_mul(gate_up)
+
+
+def rope_kv_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                  k_cache: torch.Tensor, v_cache: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """A decode step's attention inputs: qkv [B, 3*H*D] (q, k, v heads back to back), float32 rotary tables
+    cos, sin [L, D/2], pos a one-element device tensor. Returns q rotated [B, H, D]; writes k rotated and v
+    into k_cache, v_cache [B, H, L, D] at row pos. Triton on CUDA (one launch), reference otherwise."""
+    B, H, L, D = k_cache.shape
+    if qkv.shape != (B, 3 * H * D) or v_cache.shape != k_cache.shape or cos.shape != (L, D // 2) \
+            or sin.shape != cos.shape or pos.numel() != 1:
+        raise ValueError(f"rope_kv_write: qkv must be [B, 3*H*D] = {(B, 3 * H * D)}, caches [B, H, L, D], tables "
+                         f"[L, D/2], pos one element; got qkv {tuple(qkv.shape)}, k_cache {tuple(k_cache.shape)}, "
+                         f"v_cache {tuple(v_cache.shape)}, cos {tuple(cos.shape)}, pos {tuple(pos.shape)}")
+    if _resolve_backend(backend, qkv.device) == "triton" and qkv.stride(-1) == 1 and k_cache.stride(-1) == 1 \
+            and v_cache.stride(-1) == 1 and cos.stride(-1) == 1 and sin.stride() == cos.stride():
+        from gdn_kernels import triton_ops
+
+        return triton_ops.rope_kv_write(qkv, cos, sin, pos, k_cache, v_cache)
+    return reference.rope_kv_write(qkv, cos, sin, pos, k_cache, v_cache)

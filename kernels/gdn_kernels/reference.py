@@ -226,3 +226,32 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     over the whole buffer (fixed shapes, no host read of pos). Returns [B, H, D] in q's dtype."""
     visible = (torch.arange(k_cache.shape[2], device=q.device) <= pos)[None, :]
     return F.scaled_dot_product_attention(q[:, :, None], k_cache, v_cache, attn_mask=visible, scale=scale)[:, :, 0]
+
+
+def add_rms_norm(x: torch.Tensor, h: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """The residual add (in x's dtype) then RMSNorm in float32, as the models' Block and RMSNorm do."""
+    s = x if h is None else x + h
+    return s, F.rms_norm(s.float(), (s.shape[-1],), weight.float(), eps).to(s.dtype)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of a fused [.., 2N] gate/up product, in float32, rounded once."""
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    return (F.silu(gate) * up).to(gate_up.dtype)
+
+
+def rope_kv_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                  k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary embedding of q and k at `pos` (tables rounded to the activations' dtype, as the
+    Transformer's forward does), k and v written into the caches' row pos; returns q [B, H, D]."""
+    B, H, _, D = k_cache.shape
+    q, k, v = qkv.view(B, 3, H, D).unbind(1)
+    c, s = cos.index_select(0, pos).to(qkv.dtype), sin.index_select(0, pos).to(qkv.dtype)  # [1, D/2]
+
+    def rotate(x):
+        x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+    k_cache.index_copy_(2, pos, rotate(k)[:, :, None])
+    v_cache.index_copy_(2, pos, v[:, :, None])
+    return rotate(q)

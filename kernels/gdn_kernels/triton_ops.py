@@ -22,6 +22,7 @@ from gdn_kernels.triton_chunk_bwd import chunk_bwd_kernel, state_bwd_kernel
 from gdn_kernels.triton_chunk_fwd import output_fwd_kernel, prep_fwd_kernel, state_fwd_kernel
 from gdn_kernels.triton_common import CHUNK
 from gdn_kernels.triton_decode import decode_step_kernel
+from gdn_kernels.triton_decode_attention import decode_attention_merge_kernel, decode_attention_partial_kernel
 from gdn_kernels.triton_fused_decode import fused_decode_kernel
 
 MAX_HEAD_DIM = 256
@@ -374,48 +375,136 @@ def gated_delta_decode_fused(
     strided = [name for name, t in named.items() if t.stride(-1) != 1]
     if strided:
         raise ValueError(f"gated_delta_decode_fused: {', '.join(strided)} need unit stride along the last dim")
-    out = torch.empty(B, H * V, dtype=x_v.dtype, device=x_v.device)
     BK, VP = triton.next_power_of_2(K), triton.next_power_of_2(V)
     tile = LAUNCH.fused_decode_tile
     # The whole [K, V] state of a head as one tile when it is small enough (no gather of the output
-    # row needed), else V blocks within both limits.
-    BV = VP if BK * VP <= tile else max(1, min(tile // BK, tile // VP))
-    fused_decode_kernel[(B * H,)](
-        x_q, x_k, x_v, conv_q, conv_k, conv_v, tail_q, tail_k, tail_v,
-        a, b, A_log, dt_bias, state, gate, norm_weight, out,
-        x_q.stride(0), x_k.stride(0), x_v.stride(0), a.stride(0), b.stride(0), gate.stride(0),
-        conv_q.stride(0), conv_q.stride(2), conv_k.stride(0), conv_k.stride(2), conv_v.stride(0), conv_v.stride(2),
-        float(scale), float(a_scale), float(b_scale), float(norm_eps),
-        H, K=K, V=V, W=W, BK=BK, BV=BV, VP=VP, num_warps=LAUNCH.fused_decode_warps,
-    )
+    # row needed), else V blocks within both limits. On a GPU the block width and warps are then
+    # tuned once per shape (timed on copies of the state and tails, which the kernel updates).
+    default = (VP if BK * VP <= tile else max(1, min(tile // BK, tile // VP)), LAUNCH.fused_decode_warps)
+    candidates = [default] + [(bv, w) for bv in (16, 32, 64, 128, 256) if bv <= VP for w in (4, 8, 16)
+                              if (bv, w) != default]
+
+    def launch(config, state_, tails):
+        BV, warps = config
+        out = torch.empty(B, H * V, dtype=x_v.dtype, device=x_v.device)
+        fused_decode_kernel[(B * H,)](
+            x_q, x_k, x_v, conv_q, conv_k, conv_v, *tails,
+            a, b, A_log, dt_bias, state_, gate, norm_weight, out,
+            x_q.stride(0), x_k.stride(0), x_v.stride(0), a.stride(0), b.stride(0), gate.stride(0),
+            conv_q.stride(0), conv_q.stride(2), conv_k.stride(0), conv_k.stride(2), conv_v.stride(0),
+            conv_v.stride(2), float(scale), float(a_scale), float(b_scale), float(norm_eps),
+            H, K=K, V=V, W=W, BK=BK, BV=BV, VP=VP, num_warps=warps,
+        )
+        return out
+
+    def trial(config):
+        return launch(config, state.clone(), [t.clone() for t in (tail_q, tail_k, tail_v)])
+
+    config = _tuned_launch(("fused_decode", B, H, K, V, W, x_v.dtype), candidates, trial)
+    out = launch(config, state, (tail_q, tail_k, tail_v))
     return out
+
+
+_TUNED: dict = {}
+
+
+def _tuned_launch(key, candidates: list, trial):
+    """The fastest of `candidates` (launch settings) for `key`, timed once per key with
+    triton.testing.do_bench by calling `trial(candidate)`, then remembered. Off a real GPU (the CPU
+    interpreter), and while a CUDA graph is being captured, the first candidate, untimed."""
+    if key in _TUNED:
+        return _TUNED[key]
+    if not torch.cuda.is_available() or _interpreting() or torch.cuda.is_current_stream_capturing():
+        return candidates[0]
+    from triton.testing import do_bench
+
+    timings = []
+    for candidate in candidates:
+        try:
+            timings.append((do_bench(lambda c=candidate: trial(c), warmup=5, rep=20), candidate))
+        except OutOfResources:  # e.g. too many registers or too much shared memory at this size
+            continue
+    _TUNED[key] = min(timings, key=lambda t: t[0])[1]
+    return _TUNED[key]
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def decode_attention(q, k_cache, v_cache, pos, *, scale: float, splits: int | None = None):
     """Split-KV attention of one token per (sequence, head) over the cache rows 0..pos; see
     api.decode_attention (which checks the shapes). Two launches, no host synchronization."""
-    from gdn_kernels.triton_decode_attention import decode_attention_merge_kernel, decode_attention_partial_kernel
-
     B, H, D = q.shape
     L = k_cache.shape[2]
-    block_n = 64
-    if splits is None:
-        # Enough programs to cover the SMs about twice over, never more ranges than blocks of keys.
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-        splits = max(1, min(triton.cdiv(2 * sms, B * H), triton.cdiv(L, block_n)))
     DP = triton.next_power_of_2(D)
-    part_acc = torch.empty(B * H * splits, DP, dtype=torch.float32, device=q.device)
-    part_m = torch.empty(B * H * splits, dtype=torch.float32, device=q.device)
-    part_l = torch.empty(B * H * splits, dtype=torch.float32, device=q.device)
-    decode_attention_partial_kernel[(B * H, splits)](
-        q, k_cache, v_cache, pos, part_acc, part_m, part_l,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        H, float(scale), SPLITS=splits, D=D, DP=DP, BLOCK_N=block_n, num_warps=4,
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+
+    def launch(config):
+        block_n, warps, waves = config
+        # Enough key ranges to cover the SMs `waves` times over, never more ranges than blocks of keys.
+        n_splits = splits or max(1, min(triton.cdiv(waves * sms, B * H), triton.cdiv(L, block_n)))
+        part_acc = torch.empty(B * H * n_splits, DP, dtype=torch.float32, device=q.device)
+        part_m = torch.empty(B * H * n_splits, dtype=torch.float32, device=q.device)
+        part_l = torch.empty(B * H * n_splits, dtype=torch.float32, device=q.device)
+        decode_attention_partial_kernel[(B * H, n_splits)](
+            q, k_cache, v_cache, pos, part_acc, part_m, part_l,
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            H, float(scale), SPLITS=n_splits, D=D, DP=DP, BLOCK_N=block_n, num_warps=warps,
+        )
+        out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
+        decode_attention_merge_kernel[(B * H,)](
+            part_acc, part_m, part_l, out, out.stride(0), out.stride(1), H,
+            SPLITS=n_splits, SP=triton.next_power_of_2(n_splits), D=D, DP=DP, num_warps=4,
+        )
+        return out
+
+    candidates = [(64, 4, 2)] + [(bn, w, waves) for bn in (32, 64, 128) for w in (4, 8) for waves in (1, 2, 4)
+                                 if (bn, w, waves) != (64, 4, 2)]
+    # Tuned at the length the cache holds when first called (the prompt's), once per shape.
+    return launch(_tuned_launch(("decode_attention", B, H, L, D, q.dtype, splits), candidates, launch))
+
+
+def rope_kv_write(qkv, cos, sin, pos, k_cache, v_cache):
+    """Rotary q [B, H, D] from qkv [B, 3*H*D]; k (rotated) and v written into the caches at row pos."""
+    from gdn_kernels.triton_decode_ops import rope_kv_write_kernel
+
+    B, H, _, D = k_cache.shape
+    q = torch.empty(B, H, D, dtype=qkv.dtype, device=qkv.device)
+    rope_kv_write_kernel[(B * H,)](
+        qkv, cos, sin, pos, q, k_cache, v_cache, qkv.stride(0), q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), cos.stride(0), H, D=D, HALF=D // 2, HP=triton.next_power_of_2(D // 2), num_warps=1,
     )
-    out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
-    decode_attention_merge_kernel[(B * H,)](
-        part_acc, part_m, part_l, out, out.stride(0), out.stride(1), H,
-        SPLITS=splits, SP=triton.next_power_of_2(splits), D=D, DP=DP, num_warps=4,
+    return q
+
+
+def add_rms_norm(x, h, weight, eps: float):
+    """(x + h rounded to x's dtype, rms_norm(x + h) * weight); h may be None (the norm alone). [B, N]."""
+    from gdn_kernels.triton_decode_ops import add_rms_norm_kernel
+
+    B, N = x.shape
+    x_out = torch.empty_like(x) if h is not None else x
+    y = torch.empty_like(x)
+    h_arg = h if h is not None else x
+    add_rms_norm_kernel[(B,)](
+        x, h_arg, weight, x_out, y, x.stride(0), h_arg.stride(0), x_out.stride(0), y.stride(0), N, float(eps),
+        HAS_H=h is not None, BLOCK=triton.next_power_of_2(N), num_warps=4 if N <= 4096 else 8,
     )
+    return x_out, y
+
+
+def silu_mul(gate_up):
+    """silu(gate_up[:, :N]) * gate_up[:, N:] for gate_up [B, 2N]."""
+    from gdn_kernels.triton_decode_ops import silu_mul_kernel
+
+    B, two_n = gate_up.shape
+    N = two_n // 2
+    out = torch.empty(B, N, dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    silu_mul_kernel[(B, triton.cdiv(N, block))](gate_up, out, gate_up.stride(0), out.stride(0), N, BLOCK=block,
+                                               num_warps=4)
     return out
