@@ -33,17 +33,22 @@ def short_conv_step(x_row, tail_row, w, w_stride_c, w_stride_t, chan, mask, C, W
     """silu(conv) of one sequence's new input at channels `chan`, in float32; shifts its tail in place.
 
     x_row points at the sequence's new input [C], tail_row at its tail [W-1, C] (oldest row first).
-    Row i - 1 of the tail is overwritten with the old row i right after that row is loaded; both
-    accesses to an address use the same [len(chan)] layout, so the same thread makes them in order.
+    The shift is done after every read of the tail, with a barrier between each read and the write
+    that follows it: where the CTA has more threads than `chan` has elements, several threads hold
+    the same element, and without the barriers one thread's write could land before another
+    thread's read of the same address (seen on an H200: wrong tails at 16 channels per head).
     """
     x = tl.load(x_row + chan, mask=mask, other=0.0)
     y = tl.zeros(chan.shape, dtype=tl.float32)
     for i in tl.static_range(W - 1):
         prev = tl.load(tail_row + i * C + chan, mask=mask, other=0.0)
         y += tl.load(w + chan * w_stride_c + i * w_stride_t, mask=mask, other=0.0).to(tl.float32) * prev.to(tl.float32)
-        if i > 0:
-            tl.store(tail_row + (i - 1) * C + chan, prev, mask=mask)
     y += tl.load(w + chan * w_stride_c + (W - 1) * w_stride_t, mask=mask, other=0.0).to(tl.float32) * x.to(tl.float32)
+    for i in tl.static_range(1, W - 1):
+        row = tl.load(tail_row + i * C + chan, mask=mask, other=0.0)
+        tl.debug_barrier()
+        tl.store(tail_row + (i - 1) * C + chan, row, mask=mask)
+        tl.debug_barrier()
     if W > 1:
         tl.store(tail_row + (W - 2) * C + chan, x, mask=mask)
     return y * sigmoid(y)
