@@ -88,8 +88,11 @@ def _assert_same_run(run_dir, reference_dir):
     assert [e["step"] for e in got] == [e["step"] for e in want] == list(range(STEPS))
     for g, w in zip(got, want):
         assert g["loss"] == pytest.approx(w["loss"], rel=1e-5), g["step"]
-        # the gradient norm is a sum of squares over every shard, in another order: looser
-        assert g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-3), g["step"]
+        # The gradient norm is far more sensitive than the loss: float32 rounding differences of
+        # the first steps (sums over shards in another order) grow through Adam, and at step 20
+        # the norm differed by 6e-4 on one x86 machine and 1.6e-3 on another while every loss
+        # agreed to 3e-6. A resume that lost or misread state moves the loss itself.
+        assert g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-2), g["step"]
     m, r = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference_dir))
     assert m["status"] == r["status"] == "completed"
     for key in ("final_val_loss", "final_train_loss", "initial_loss"):
