@@ -196,6 +196,10 @@ SWEEP_VARIANTS = {
     "bwd_warps4": {"bwd_warps": 4},
     "bwd_stages1": {"bwd_stages": 1},
     "bwd_stages3": {"bwd_stages": 3},
+    # The chunk-parallel backward as three kernels instead of chunk_bwd_kernel.
+    "bwd_split": {"bwd_split": True},
+    "bwd_split_bv32": {"bwd_split": True, "bwd_split_block_v": 32},
+    "bwd_split_warps4": {"bwd_split": True, "bwd_split_warps": 4},
 }
 
 

@@ -19,6 +19,7 @@ import triton
 from triton.runtime.errors import OutOfResources
 
 from gdn_kernels.triton_chunk_bwd import chunk_bwd_kernel, state_bwd_kernel
+from gdn_kernels.triton_chunk_bwd_split import chunk_bwd_output_kernel, chunk_bwd_v_kernel, chunk_bwd_wy_kernel
 from gdn_kernels.triton_chunk_fwd import output_fwd_kernel, prep_fwd_kernel, state_fwd_kernel
 from gdn_kernels.triton_common import CHUNK
 from gdn_kernels.triton_decode import decode_step_kernel
@@ -56,6 +57,14 @@ class LaunchConfig:
     bwd_block_v: int = 32
     bwd_warps: int = 8
     bwd_stages: int = 2
+    # The backward's chunk-parallel part as three kernels (triton_chunk_bwd_split) instead of
+    # chunk_bwd_kernel. Compiled for sm_90 (kernels/benchmarks/sm90_resources.py), the V loop at
+    # BV 16 / 8 warps and the output kernel are spill-free, the WY kernel spills 216 B per thread,
+    # where the fused kernel spills 1,088-1,288 B; whether that pays for the float32 scratch
+    # round trip is not measured on a GPU yet, so the fused kernel stays the default.
+    bwd_split: bool = False
+    bwd_split_block_v: int = 16
+    bwd_split_warps: int = 8
     # Fused decode step: most elements of the [K, BV] state tile (and of the [BV, V] gather of the
     # output row) one program holds at a time; 32 per thread with 4 warps. Not measured on a GPU.
     fused_decode_tile: int = 4096
@@ -219,23 +228,60 @@ def chunk_backward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, use_l
     da, db = torch.empty_like(a), torch.empty_like(b)
     dx_tok = torch.empty(TT, H, dtype=torch.float32, device=k.device)
     dalog_tok = torch.empty_like(dx_tok)
-    bwd_args = (q, k, v, a, b, A_log, dt_bias, g_cum, beta, t_inv, h, dh, v_new, dv_new, do,
-                dq, dk, dv, da, db, dx_tok, dalog_tok,
-                layout.chunk_index, layout.cu_seqlens, float(scale), float(a_scale), float(b_scale))
-    BV_bwd = _block(V, LAUNCH.bwd_block_v)
-    # Fallbacks for cards with less shared memory per block than the first choice needs (at
-    # K = 256 on an H200 it needed 233,472 bytes of the 232,448 allowed): one pipeline stage,
-    # then half-width V tiles. The first that launches is remembered per shape and card.
-    candidates = [(BV_bwd, LAUNCH.bwd_stages), (BV_bwd, 1), (max(16, BV_bwd // 2), 1)]
-    _launch_first_fitting(
-        chunk_bwd_kernel, (layout.n_chunks, H), bwd_args, candidates,
-        key=("chunk_bwd", K, V, q.dtype, q.device),
-        H=H, K=K, V=V, BK=BK, C=C, USE_L2=use_l2, DOT_PREC=prec, num_warps=LAUNCH.bwd_warps,
-    )
+    if LAUNCH.bwd_split:
+        _chunk_bwd_split(q, k, v, a, b, A_log, dt_bias, g_cum, beta, t_inv, h, dh, v_new, dv_new, do,
+                         dq, dk, dv, da, db, dx_tok, dalog_tok, layout, scale, a_scale, b_scale, use_l2, prec)
+    else:
+        bwd_args = (q, k, v, a, b, A_log, dt_bias, g_cum, beta, t_inv, h, dh, v_new, dv_new, do,
+                    dq, dk, dv, da, db, dx_tok, dalog_tok,
+                    layout.chunk_index, layout.cu_seqlens, float(scale), float(a_scale), float(b_scale))
+        BV_bwd = _block(V, LAUNCH.bwd_block_v)
+        # Fallbacks for cards with less shared memory per block than the first choice needs (at
+        # K = 256 on an H200 it needed 233,472 bytes of the 232,448 allowed): one pipeline stage,
+        # then half-width V tiles. The first that launches is remembered per shape and card.
+        candidates = [(BV_bwd, LAUNCH.bwd_stages), (BV_bwd, 1), (max(16, BV_bwd // 2), 1)]
+        _launch_first_fitting(
+            chunk_bwd_kernel, (layout.n_chunks, H), bwd_args, candidates,
+            key=("chunk_bwd", K, V, q.dtype, q.device),
+            H=H, K=K, V=V, BK=BK, C=C, USE_L2=use_l2, DOT_PREC=prec, num_warps=LAUNCH.bwd_warps,
+        )
     # dt_bias and A_log are per head: their gradients are sums of per-token terms.
     d_dt_bias = dx_tok.sum(0).to(dt_bias.dtype)
     d_A_log = dalog_tok.sum(0).to(A_log.dtype)
     return dq, dk, dv, da, db, d_A_log, d_dt_bias, dh0
+
+
+def _chunk_bwd_split(q, k, v, a, b, A_log, dt_bias, g_cum, beta, t_inv, h, dh, v_new, dv_new, do,
+                     dq, dk, dv, da, db, dx_tok, dalog_tok, layout, scale, a_scale, b_scale, use_l2, prec):
+    """chunk_bwd_kernel's outputs from the three split kernels, through float32 scratch."""
+    TT, H, K = k.shape
+    V = v.shape[-1]
+    C = CHUNK
+    BK = _block(K, MAX_HEAD_DIM)
+    f32 = dict(dtype=torch.float32, device=k.device)
+    # [C, K] products reduced over V (do h^T, -dv_new h^T, v_new dh^T), in k's layout.
+    d_qh, dw_acc, d_kend = (torch.empty(TT, H, K, **f32) for _ in range(3))
+    # [C, C] products (do v_new^T and dv_new's part of dT), in t_inv's layout.
+    d_scores, dT_v = (torch.empty(TT, H, C, **f32) for _ in range(2))
+    dbeta_v, dG_out = torch.empty(TT, H, **f32), torch.empty(TT, H, **f32)
+    h_dh = torch.empty(layout.n_chunks, H, **f32)
+    dkn_out = torch.empty(TT, H, K, **f32)
+    grid = (layout.n_chunks, H)
+    warps = LAUNCH.bwd_split_warps
+    chunk_bwd_v_kernel[grid](
+        v, beta, t_inv, h, dh, v_new, dv_new, do, dv, d_qh, dw_acc, d_kend, d_scores, dT_v, dbeta_v, h_dh,
+        layout.chunk_index, layout.cu_seqlens,
+        H=H, K=K, V=V, BK=BK, BV=_block(V, LAUNCH.bwd_split_block_v), C=C, DOT_PREC=prec, num_warps=warps,
+    )
+    chunk_bwd_output_kernel[grid](
+        q, k, g_cum, d_qh, d_scores, dq, dkn_out, dG_out, layout.chunk_index, layout.cu_seqlens, float(scale),
+        H=H, K=K, BK=BK, C=C, USE_L2=use_l2, DOT_PREC=prec, num_warps=warps,
+    )
+    chunk_bwd_wy_kernel[grid](
+        k, a, b, A_log, dt_bias, g_cum, beta, t_inv, dw_acc, d_kend, dT_v, dbeta_v, h_dh, dkn_out, dG_out,
+        dk, da, db, dx_tok, dalog_tok, layout.chunk_index, layout.cu_seqlens, float(a_scale), float(b_scale),
+        H=H, K=K, BK=BK, C=C, USE_L2=use_l2, DOT_PREC=prec, num_warps=warps,
+    )
 
 
 class ChunkGatedDeltaRule(torch.autograd.Function):
