@@ -77,6 +77,7 @@ def model_config(spec: dict, variant_name: str, width: int, vocab_size: int, mul
         kwargs["query_scale"] = P.gdn_query_scale(variant.parametrization, shape["head_dim"], base["head_dim"])
         kwargs["kernel_backend"] = spec.get("kernel_backend", "auto")
         kwargs["conv_backend"] = spec.get("conv_backend", "torch")
+        kwargs["recompute_states"] = spec.get("recompute_states", False)
     return config_cls(**kwargs)
 
 

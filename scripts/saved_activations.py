@@ -260,6 +260,8 @@ def parse_args(argv=None):
                    help="GDN recurrence: the PyTorch chunked form, or the Triton autograd function")
     p.add_argument("--conv-backend", choices=("torch", "triton"), default="torch",
                    help="GDN short convolution: the PyTorch taps, or the fused Triton kernels")
+    p.add_argument("--recompute-states", action="store_true",
+                   help="GDN's Triton recurrence keeps only its inputs and recomputes the states in backward")
     p.add_argument("--layers", type=int, default=None,
                    help="build this many blocks and scale the per-block bytes to the shape's depth "
                         "(the blocks are identical; for the slow Triton interpreter)")
@@ -273,7 +275,8 @@ def measure_variant(args, shape: dict, vocab_size: int, variant: str) -> dict:
 
     from gdn.bench.shapes import build
 
-    spec = dict(shape, kernel_backend=args.kernel_backend, conv_backend=args.conv_backend)
+    spec = dict(shape, kernel_backend=args.kernel_backend, conv_backend=args.conv_backend,
+                recompute_states=args.recompute_states)
     if args.layers:
         spec["n_layers"] = args.layers
     dtype = getattr(torch, args.dtype)
@@ -286,12 +289,14 @@ def measure_variant(args, shape: dict, vocab_size: int, variant: str) -> dict:
     n_layers = shape["n_layers"]
     layer_scale = n_layers / model.config.n_layers
     backends = ("" if variant.startswith("transformer")
-                else f" kernel={args.kernel_backend} conv={args.conv_backend}")
+                else f" kernel={args.kernel_backend} conv={args.conv_backend}"
+                + (" recompute_states" if args.recompute_states else ""))
     return {
         "variant": variant, "shape": shape["name"], "dtype": args.dtype, "batch": args.batch,
         "seq_len": args.seq_len, "tokens_per_step": args.tokens_per_step, "scale": scale,
         "kernel_backend": None if variant.startswith("transformer") else args.kernel_backend,
         "conv_backend": None if variant.startswith("transformer") else args.conv_backend,
+        "recompute_states": None if variant.startswith("transformer") else args.recompute_states,
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1", "n_layers": n_layers,
         "measured_layers": model.config.n_layers, "forward_seconds": round(seconds, 1),
         "title": (f"{variant} {shape['name']} {args.dtype}{backends}: measured "

@@ -110,7 +110,49 @@ def test_throughput_ratios_pair_rows_of_one_shape_length_and_compile_setting():
     assert (eager["compiled"], eager["gdn_over_transformer"], eager["gdn_over_fla"]) == (False, 0.75, 1.5)
     # fla's model is only timed eager; a compiled GDN is compared with that eager figure.
     assert compiled["gdn_over_transformer"] == pytest.approx(1.1) and compiled["gdn_over_fla"] == pytest.approx(3.3)
-    assert eager["target_vs_transformer"] == 1.5 and eager["target_vs_fla"] == 1.2
+    assert eager["target_vs_transformer"] == 1.2 and eager["target_vs_fla"] == 1.3
+
+
+def test_each_gdn_option_row_gets_its_own_ratios():
+    import pandas as pd
+
+    from gdn.report.sections.performance import throughput_ratios
+
+    frame = pd.DataFrame([{"shape": "125M", "seq_len": 2048, "compiled": False, "variant": v, "tokens_per_s": tok,
+                           "status": "measured"}
+                          for v, tok in (("transformer_mup", 200.0), ("gdn_mup", 100.0),
+                                         ("gdn_mup+recompute", 90.0), ("fla_gdn", 50.0))])
+    rows = {r["gdn_variant"]: r for r in throughput_ratios(frame)}
+    assert set(rows) == {"gdn_mup", "gdn_mup+recompute"}
+    assert rows["gdn_mup+recompute"]["gdn_over_transformer"] == pytest.approx(0.45)
+    assert rows["gdn_mup+recompute"]["gdn_over_fla"] == pytest.approx(1.8)
+
+
+def test_gdn_options_time_our_gdn_again_under_each_named_change():
+    # (On the CPU the recurrence takes the PyTorch path, where both changes are no-ops; the
+    # fused convolution would need the Triton interpreter, so it is only built below.)
+    options = {"recompute": {"recompute_states": True}, "split": {"bwd_split": True}}
+    rows = throughput.measure(SHAPE, ["transformer_mup", "gdn_mup", "fla_gdn"], 16, 32, torch.device("cpu"),
+                              iters=1, vocab_size=64, gdn_options=options)
+    labels = [r["variant"] for r in rows]
+    assert labels == ["transformer_mup", "gdn_mup", "gdn_mup+recompute", "gdn_mup+split", "fla_gdn"]
+    by = {r["variant"]: r for r in rows}
+    assert json.loads(by["gdn_mup+split"]["options"]) == {"bwd_split": True}
+    assert "options" not in by["gdn_mup"]
+    assert all(by[v]["status"] == "measured" for v in labels[:4])
+    model, _ = throughput.build_for_timing(SHAPE, "gdn_mup", 64, torch.device("cpu"), False,
+                                           {"recompute_states": True, "conv_backend": "triton"})
+    mixer = model.blocks[0].mixer
+    assert mixer.recompute_states and mixer.q_conv.backend == "triton"
+
+
+def test_a_launch_option_applies_only_while_its_row_is_timed():
+    from gdn_kernels import triton_ops
+
+    before = triton_ops.LAUNCH
+    with throughput.kernel_launch({"bwd_split": True, "recompute_states": True}):
+        assert triton_ops.LAUNCH.bwd_split and triton_ops.LAUNCH.bwd_block_v == before.bwd_block_v
+    assert triton_ops.LAUNCH is before
 
 
 def test_outside_reference_model_is_recorded_as_skipped_with_the_reason():

@@ -49,7 +49,8 @@ def run_suite(suite: str, settings: dict, device: torch.device):
                     variants = section.get("variants", ["transformer_mup", "gdn_mup"])
                     yield throughput.measure(_shape(settings, name), variants, seq_len,
                                              section.get("tokens_per_step", 16384), device,
-                                             section.get("iters", 10), vocab, compiled=compiled)
+                                             section.get("iters", 10), vocab, compiled=compiled,
+                                             gdn_options=section.get("gdn_options"))
     elif suite == "inference":
         for name in section.get("shapes", []):
             for variant in section.get("variants", ["transformer_mup", "gdn_mup"]):

@@ -6,9 +6,17 @@ included, forward and backward) plus the sequence mixer's own work:
   attention: 12 * n_layers * d_attn * T / 2   (causal; PaLM's 12*L*d*T halved for the mask)
   gated delta rule (chunk C=64): 3 * n_layers * H * (4*K*V + 2*C*(K + V))   per token
 MFU = achieved FLOP/s / the card's dense bf16 peak (datasheet).
+
+`gdn_options` times our GDN variants again with named changes (the fused short convolution,
+recomputed states, the split chunk backward), each as a row of its own, `<variant>+<option>`,
+side by side with the plain variant in the same run.
 """
 
 from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
 
 import torch
 
@@ -51,28 +59,65 @@ def train_step(model, optimizer, ids, device):
     return step
 
 
-def build_for_timing(shape: dict, variant: str, vocab_size: int, device: torch.device, compiled: bool):
+# Option keys that change the model's build spec; `bwd_split` changes the kernels' launch settings.
+MODEL_OPTIONS = ("conv_backend", "recompute_states")
+LAUNCH_OPTIONS = ("bwd_split",)
+
+
+def expand_variants(variants: list[str], gdn_options: dict | None) -> list[tuple[str, str, dict]]:
+    """(row label, variant, option changes) for each variant, then each of our GDN variants again
+    under every named option."""
+    out = []
+    for variant in variants:
+        out.append((variant, variant, {}))
+        if variant.startswith("gdn") and not reference_models.is_reference(variant):
+            out += [(f"{variant}+{name}", variant, dict(change)) for name, change in (gdn_options or {}).items()]
+    return out
+
+
+@contextlib.contextmanager
+def kernel_launch(options: dict):
+    """The chunk kernels' launch settings with `options`' launch keys applied, restored after."""
+    changes = {key: options[key] for key in LAUNCH_OPTIONS if key in options}
+    if not changes:
+        yield
+        return
+    from gdn_kernels import triton_ops
+
+    before = triton_ops.LAUNCH
+    triton_ops.LAUNCH = dataclasses.replace(before, **changes)
+    try:
+        yield
+    finally:
+        triton_ops.LAUNCH = before
+
+
+def build_for_timing(shape: dict, variant: str, vocab_size: int, device: torch.device, compiled: bool,
+                     options: dict | None = None):
     """(model, note): one of our variants, or an outside reference model (None if unavailable)."""
     if reference_models.is_reference(variant):
         model, note = reference_models.build(shape, variant, vocab_size, device)
         if model is not None and compiled:
             return None, "outside reference models are timed as shipped, not compiled"
         return model, note
-    model = shapes.build(shape, variant, vocab_size, device, torch.float32)
+    spec_changes = {key: value for key, value in (options or {}).items() if key in MODEL_OPTIONS}
+    model = shapes.build(dict(shape, **spec_changes), variant, vocab_size, device, torch.float32)
     if compiled:
         model.compile_blocks()
     return model, None
 
 
 def measure(shape: dict, variants: list[str], seq_len: int, tokens_per_step: int, device: torch.device,
-            iters: int, vocab_size: int, compiled: bool = False) -> list[dict]:
+            iters: int, vocab_size: int, compiled: bool = False, gdn_options: dict | None = None) -> list[dict]:
     tokens_per_step = shape.get("tokens_per_step", tokens_per_step)
     batch = max(1, tokens_per_step // seq_len)
     rows = []
-    for variant in variants:
-        base = {"suite": "throughput", "shape": shape["name"], "variant": variant, "batch": batch,
+    for label, variant, options in expand_variants(variants, gdn_options):
+        base = {"suite": "throughput", "shape": shape["name"], "variant": label, "batch": batch,
                 "seq_len": seq_len, "compiled": compiled}
-        model, note = build_for_timing(shape, variant, vocab_size, device, compiled)
+        if options:  # a JSON string: one column type in the database whatever the option keys
+            base["options"] = json.dumps(options, sort_keys=True)
+        model, note = build_for_timing(shape, variant, vocab_size, device, compiled, options)
         if model is None:
             rows.append({**base, "status": "skipped", "note": note})
             continue
@@ -83,7 +128,8 @@ def measure(shape: dict, variants: list[str], seq_len: int, tokens_per_step: int
             torch.cuda.reset_peak_memory_stats(device)
         try:
             # Compilation happens in the first calls: three warm-up steps keep it out of the timing.
-            stats = timing.interleaved({variant: step}, device, iters, warmup=3)[variant]
+            with kernel_launch(options):
+                stats = timing.interleaved({label: step}, device, iters, warmup=3)[label]
         except torch.OutOfMemoryError:
             rows.append({**base, "status": "out of memory", "note": note})
             del model, opt, step

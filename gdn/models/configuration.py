@@ -76,6 +76,7 @@ class GatedDeltaNetLMConfig(_LMConfig):
         query_scale: float | None = None,
         kernel_backend: str = "auto",
         conv_backend: str = "torch",
+        recompute_states: bool = False,
         **kwargs,
     ):
         self.conv_size = conv_size
@@ -83,6 +84,9 @@ class GatedDeltaNetLMConfig(_LMConfig):
         # "triton": the fused short convolution + SiLU (gdn_kernels.short_conv_silu), opt-in until
         # checked on a GPU; "torch": ShortConv's own arithmetic.
         self.conv_backend = conv_backend
+        # True: the chunked rule's backward reruns its state pass instead of keeping the chunk
+        # states and WY factors from the forward (gdn_kernels.gated_delta_rule).
+        self.recompute_states = recompute_states
         super().__init__(**kwargs)
         self.head_v_dim = head_v_dim if head_v_dim is not None else self.head_dim
         self.query_scale = query_scale if query_scale is not None else self.head_dim**-0.5

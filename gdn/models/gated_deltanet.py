@@ -61,6 +61,7 @@ class GatedDeltaNetMixer(nn.Module):
         key_dim, value_dim = H * config.head_dim, H * config.head_v_dim
         self.query_scale = config.query_scale
         self.backend = config.kernel_backend
+        self.recompute_states = getattr(config, "recompute_states", False)  # configs saved before it: False
         self.q_proj = nn.Linear(d, key_dim, bias=False)
         self.k_proj = nn.Linear(d, key_dim, bias=False)
         self.v_proj = nn.Linear(d, value_dim, bias=False)
@@ -116,7 +117,8 @@ class GatedDeltaNetMixer(nn.Module):
             want_state = cache is not None or self.record_state
             o, state = _chunked_rule(
                 q, k, v, a, b, self.A_log, self.dt_bias,
-                initial_state=state, output_final_state=want_state, **rule_kwargs,
+                initial_state=state, output_final_state=want_state, recompute_states=self.recompute_states,
+                **rule_kwargs,
             )
         if state is not None:
             state = self.tap_state(state)

@@ -47,12 +47,16 @@ def gated_delta_rule(
     cu_seqlens: torch.Tensor | None = None,
     use_qk_l2norm: bool = True,
     backend: str = "auto",
+    recompute_states: bool = False,
 ):
     """Gated delta rule from raw gate logits.
 
     q, k: [B, T, H, K]; v: [B, T, H, V]; a, b: [B, T, H] gate logits; A_log, dt_bias: [H].
     g = -exp(A_log) * softplus(a_scale * a + dt_bias), beta = sigmoid(b_scale * b).
     Returns (o [B, T, H, V], final state [B or N, H, K, V] in float32, or None).
+    recompute_states (Triton path): keep only the inputs for backward and rerun the forward's
+    gate/WY/state pass there, instead of keeping the chunk states and WY factors; the
+    PyTorch reference path is autograd through its own operations and ignores it.
     """
     path = _resolve_backend(backend, q.device)
     if path == "triton":
@@ -62,6 +66,7 @@ def gated_delta_rule(
             q, k, v, a, b, A_log, dt_bias,
             a_scale=a_scale, b_scale=b_scale, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
+            recompute_states=recompute_states,
         )
     if use_qk_l2norm:
         q, k = reference.l2_normalize(q), reference.l2_normalize(k)

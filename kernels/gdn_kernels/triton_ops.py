@@ -162,6 +162,29 @@ def _launch_first_fitting(kernel, grid, args, candidates, key, **meta):
 
 def chunk_forward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, h0, store_ht, use_l2, layout):
     """q, k: [TT, H, K]; v: [TT, H, V]; a, b: [TT, H]. Returns o, ht and the saved intermediates."""
+    g_cum, beta, t_inv, w, h, v_new, ht = chunk_states(k, v, a, b, A_log, dt_bias, a_scale, b_scale, h0, store_ht,
+                                                       use_l2, layout)
+    TT, H, K = k.shape
+    V = v.shape[-1]
+    o = torch.empty_like(v)
+    # Never narrower than 64: on an H200 with Triton 3.6 the output kernel faults (an illegal
+    # address) with 16-wide tiles, with 32-wide tiles at V = 32 or V = 256 or with 8 warps, while
+    # 64-wide tiles are right at every V measured (kernels/NOTES.md). A value head narrower than
+    # 64 gets a 64-wide tile masked to V.
+    BV_out = max(64, _block(V, LAUNCH.output_block_v))
+    BK = _block(K, MAX_HEAD_DIM)
+    warps = LAUNCH.prep_warps_small_k if BK <= 128 else LAUNCH.prep_warps_large_k
+    output_fwd_kernel[(layout.n_chunks, H, triton.cdiv(V, BV_out))](
+        q, k, v_new, g_cum, h, o, layout.chunk_index, layout.cu_seqlens, float(scale),
+        H=H, K=K, V=V, BK=BK, BV=BV_out, C=CHUNK, USE_L2=use_l2, DOT_PREC=_dot_precision(k.dtype),
+        num_warps=max(LAUNCH.output_warps, warps),
+    )
+    return o, ht, (g_cum, beta, t_inv, w, h, v_new)
+
+
+def chunk_states(k, v, a, b, A_log, dt_bias, a_scale, b_scale, h0, store_ht, use_l2, layout):
+    """The forward up to the output: gates, the WY factors and every chunk-entry state (also what
+    a backward that recomputes instead of saving needs). Returns g_cum, beta, t_inv, w, h, v_new, ht."""
     TT, H, K = k.shape
     V = v.shape[-1]
     C = CHUNK
@@ -189,19 +212,7 @@ def chunk_forward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, h0, st
         H=H, K=K, V=V, BK=BK, BV=BV, C=C, USE_L2=use_l2, HAS_H0=h0 is not None, STORE_HT=store_ht,
         DOT_PREC=prec, num_warps=max(LAUNCH.state_warps, warps), num_stages=LAUNCH.state_stages,
     )
-
-    o = torch.empty_like(v)
-    # Never narrower than 64: on an H200 with Triton 3.6 the output kernel faults (an illegal
-    # address) with 16-wide tiles, with 32-wide tiles at V = 32 or V = 256 or with 8 warps, while
-    # 64-wide tiles are right at every V measured (kernels/NOTES.md). A value head narrower than
-    # 64 gets a 64-wide tile masked to V.
-    BV_out = max(64, _block(V, LAUNCH.output_block_v))
-    output_fwd_kernel[(layout.n_chunks, H, triton.cdiv(V, BV_out))](
-        q, k, v_new, g_cum, h, o, layout.chunk_index, layout.cu_seqlens, float(scale),
-        H=H, K=K, V=V, BK=BK, BV=BV_out, C=C, USE_L2=use_l2, DOT_PREC=prec,
-        num_warps=max(LAUNCH.output_warps, warps),
-    )
-    return o, ht, (g_cum, beta, t_inv, w, h, v_new)
+    return g_cum, beta, t_inv, w, h, v_new, ht
 
 
 def chunk_backward(q, k, v, a, b, A_log, dt_bias, a_scale, b_scale, scale, use_l2, layout, saved, do, dht, need_dh0):
@@ -287,7 +298,7 @@ def _chunk_bwd_split(q, k, v, a, b, A_log, dt_bias, g_cum, beta, t_inv, h, dh, v
 class ChunkGatedDeltaRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, a, b, A_log, dt_bias, initial_state, cu_seqlens, a_scale, b_scale, scale,
-                output_final_state, use_l2):
+                output_final_state, use_l2, recompute_states):
         B, T, H, K = q.shape
         V = v.shape[-1]
         layout = ChunkLayout(B, T, cu_seqlens, q.device)
@@ -304,7 +315,10 @@ class ChunkGatedDeltaRule(torch.autograd.Function):
         o, ht, saved = chunk_forward(
             *flat, a_scale, b_scale, scale, h0, output_final_state, use_l2, layout,
         )
-        ctx.save_for_backward(*flat, *saved)
+        # Recomputing: keep the inputs (and h0) only, and rerun the forward's state pass in the
+        # backward; otherwise keep its intermediates (the chunk states h are the largest).
+        ctx.recompute_states = recompute_states
+        ctx.save_for_backward(*flat, *((h0,) if recompute_states else saved))
         ctx.layout = layout
         ctx.shape = (B, T, H, K, V)
         ctx.args = (a_scale, b_scale, scale, use_l2)
@@ -316,6 +330,9 @@ class ChunkGatedDeltaRule(torch.autograd.Function):
         B, T, H, K, V = ctx.shape
         q, k, v, a, b, A_log, dt_bias, *saved = ctx.saved_tensors
         a_scale, b_scale, scale, use_l2 = ctx.args
+        if ctx.recompute_states:
+            saved = chunk_states(k, v, a, b, A_log, dt_bias, a_scale, b_scale, saved[0], False, use_l2,
+                                 ctx.layout)[:6]
         need_dh0 = ctx.initial_state_dtype is not None and ctx.needs_input_grad[7]
         do = do.reshape(B * T, H, V).contiguous()
         dht = None if dht is None else dht.contiguous()
@@ -327,7 +344,7 @@ class ChunkGatedDeltaRule(torch.autograd.Function):
         return (
             dq.reshape(B, T, H, K), dk.reshape(B, T, H, K), dv.reshape(B, T, H, V),
             da.reshape(B, T, H), db.reshape(B, T, H), dA_log, ddt, dh0,
-            None, None, None, None, None, None,
+            None, None, None, None, None, None, None,
         )
 
 
@@ -344,7 +361,7 @@ def gated_delta_rule(
     q, k, v, a, b, A_log, dt_bias, *,
     a_scale: float = 1.0, b_scale: float = 1.0, scale: float | None = None,
     initial_state: torch.Tensor | None = None, output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None, use_qk_l2norm: bool = True,
+    cu_seqlens: torch.Tensor | None = None, use_qk_l2norm: bool = True, recompute_states: bool = False,
 ):
     """Chunked gated delta rule from raw gate logits; see api.gated_delta_rule.
 
@@ -362,7 +379,7 @@ def gated_delta_rule(
             initial_state = F.pad(initial_state, (0, pad_v, 0, pad_k))
     o, ht = ChunkGatedDeltaRule.apply(
         q, k, v, a, b, A_log, dt_bias, initial_state, cu_seqlens,
-        a_scale, b_scale, scale, output_final_state, use_qk_l2norm,
+        a_scale, b_scale, scale, output_final_state, use_qk_l2norm, recompute_states,
     )
     if pad_k or pad_v:
         o, ht = o[..., :V], (None if ht is None else ht[..., :K, :V])

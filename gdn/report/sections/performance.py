@@ -13,15 +13,17 @@ def _rows(con, table, where=""):
     return None if df.empty else df
 
 
-# Targets set for this project (not claims of the original result): GDN's training tokens/s
-# relative to the Transformer's, by sequence length, and ours relative to fla's GDN model.
-THROUGHPUT_TARGETS = {2048: 0.9, 8192: 1.5}
-FLA_TARGET = 1.2
+# Targets set for this project (not claims of the original result), from the training-throughput
+# issue: GDN's training tokens/s relative to the Transformer's, by sequence length, and ours
+# relative to fla's GDN model.
+THROUGHPUT_TARGETS = {2048: 0.9, 8192: 1.2}
+FLA_TARGET = 1.3
 
 
 def throughput_ratios(throughput) -> list[dict]:
-    """Per (shape, sequence length, compiled): GDN+μP / Transformer+μP tokens/s and, where fla's
-    model was timed (always eager, as shipped), our GDN / fla's GDN."""
+    """Per (shape, sequence length, compiled) and GDN+μP row (the plain one and each
+    `gdn_mup+<option>`): its tokens/s over Transformer+μP's and, where fla's model was timed
+    (always eager, as shipped), over fla's GDN."""
     measured = throughput[throughput.get("status", "measured").fillna("measured") == "measured"] \
         if "status" in throughput else throughput
     if "compiled" not in measured:
@@ -32,19 +34,21 @@ def throughput_ratios(throughput) -> list[dict]:
         fla_group = measured[(measured["shape"] == shape) & (measured["seq_len"] == seq_len)
                              & (measured["variant"] == "fla_gdn")]
         fla = fla_group["tokens_per_s"].iloc[0] if len(fla_group) else None
-        gdn, transformer = tok.get("gdn_mup"), tok.get("transformer_mup")
-        out.append({"shape": shape, "seq_len": int(seq_len), "compiled": bool(compiled),
-                    "gdn_over_transformer": gdn / transformer if gdn and transformer else None,
-                    "target_vs_transformer": THROUGHPUT_TARGETS.get(int(seq_len)),
-                    "gdn_over_fla": gdn / fla if gdn and fla else None, "target_vs_fla": FLA_TARGET})
+        transformer = tok.get("transformer_mup")
+        for label in sorted(v for v in tok if v == "gdn_mup" or v.startswith("gdn_mup+")) or ["gdn_mup"]:
+            gdn = tok.get(label)
+            out.append({"shape": shape, "seq_len": int(seq_len), "compiled": bool(compiled), "gdn_variant": label,
+                        "gdn_over_transformer": gdn / transformer if gdn and transformer else None,
+                        "target_vs_transformer": THROUGHPUT_TARGETS.get(int(seq_len)),
+                        "gdn_over_fla": gdn / fla if gdn and fla else None, "target_vs_fla": FLA_TARGET})
     return out
 
 
 # The kernel issue's targets: our chunked gated delta rule against fla's chunk_gated_delta_rule,
 # and against causal SDPA at the longest sequence. Inference: GDN decode against the Transformer's
 # at the longest prompt.
-KERNEL_TARGETS = {"fla_fwd": 1.5, "fla_fwdbwd": 1.3, "sdpa_fwdbwd_longest": 1.0}
-DECODE_TARGET = 2.0
+KERNEL_TARGETS = {"fla_fwd": 1.5, "fla_fwdbwd": 1.2, "sdpa_fwdbwd_longest": 1.0}
+DECODE_TARGET = 1.8
 
 
 def kernel_ratios(kernels) -> list[dict]:
