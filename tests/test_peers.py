@@ -44,3 +44,37 @@ def test_our_gdn_parameter_count_is_the_models():
 
     model = shapes.build(SHAPE, "gdn_mup", 100, torch.device("cpu"), torch.float32)
     assert peers.gdn_parameter_count(SHAPE, 100) == model.num_parameters_split()["total"]
+
+
+def _fla_or_skip():
+    """fla comes with the test extra; outside CI a missing package skips, saying so, in CI it fails."""
+    import os
+
+    import pytest
+
+    try:
+        import fla  # noqa: F401
+    except ImportError as error:
+        reason = f"flash-linear-attention is not installed ({error})"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI installs it with the test extra")
+        pytest.skip(reason)
+
+
+def test_each_fla_peer_gets_the_layer_count_closest_to_our_gdn_size():
+    """The configs fla's models are built from are checked here, on the meta device: a wrong key
+    or a layer count the model cannot take (RWKV-7 divides by layers - 1) fails on the CPU
+    instead of costing a GPU run."""
+    _fla_or_skip()
+    vocab = 100
+    shape = dict(SHAPE, n_layers=4)
+    target = peers.gdn_parameter_count(shape, vocab)
+    for peer in ("fla_gdn", "fla_mamba2", "fla_rwkv7"):
+        cls = peers._fla_class(peer)
+        layers = peers.matched_layers(peer, shape, vocab, target)
+        counts = {n: peers._count_on_meta(cls, peers._fla_config(peer, shape, vocab, n))
+                  for n in (layers - 1, layers, layers + 1) if n >= 2}
+        assert min(counts, key=lambda n: abs(counts[n] - target)) == layers, (peer, counts, target)
+    # fla's GDN at our shape and depth is our GDN's size, give or take its own details.
+    fla_gdn = peers._count_on_meta(peers._fla_class("fla_gdn"), peers._fla_config("fla_gdn", shape, vocab))
+    assert abs(fla_gdn - target) / target < 0.05, (fla_gdn, target)

@@ -20,7 +20,7 @@ import traceback
 
 import torch
 
-from gdn.bench import inference, timing
+from gdn.bench import inference, reference_models, timing
 from gdn.build import shape_for_width
 
 PEERS = ("hf_llama", "fla_gdn", "fla_mamba2", "fla_rwkv7")
@@ -47,12 +47,7 @@ def _fla_config(peer: str, shape: dict, vocab: int, n_layers: int | None = None)
     ours = _ours(shape, "gdn")
     layers = n_layers or ours["n_layers"]
     if peer == "fla_gdn":
-        from fla.models import GatedDeltaNetConfig
-
-        return GatedDeltaNetConfig(
-            hidden_size=ours["d_model"], num_hidden_layers=layers, num_heads=ours["n_heads"],
-            head_dim=ours["head_dim"], expand_v=ours["head_v_dim"] / ours["head_dim"],
-            intermediate_size=ours["mlp_hidden"], vocab_size=vocab, conv_size=4, use_cache=True, pad_token_id=0)
+        return reference_models.fla_gdn_config(shape, vocab, layers, use_cache=True, pad_token_id=0)
     if peer == "fla_mamba2":
         from fla.models import Mamba2Config
 

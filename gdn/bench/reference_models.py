@@ -29,15 +29,23 @@ def build(shape: dict, variant: str, vocab_size: int, device: torch.device):
         return None, note
     if device.type != "cuda":
         return None, "fla's kernels need a CUDA GPU"
-    from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
+    from fla.models import GatedDeltaNetForCausalLM
+
+    model = GatedDeltaNetForCausalLM(fla_gdn_config(shape, vocab_size, use_cache=False)).to(device)
+    return model, note or f"fla {fla.__version__} GatedDeltaNetForCausalLM"
+
+
+def fla_gdn_config(shape: dict, vocab_size: int, n_layers: int | None = None, **extra):
+    """fla's GatedDeltaNetConfig with our GDN's shape at `shape` (width, layers, heads, head dims,
+    MLP width, vocabulary); `extra` sets fla's own keys (use_cache, pad_token_id)."""
+    from fla.models import GatedDeltaNetConfig
 
     spec = {k: v for k, v in shape.items() if k not in ("name", "width")}
     ours = shape_for_width(spec, "gdn", shape["width"])
-    config = GatedDeltaNetConfig(
-        hidden_size=ours["d_model"], num_hidden_layers=ours["n_layers"], num_heads=ours["n_heads"],
+    keys = dict(
+        hidden_size=ours["d_model"], num_hidden_layers=n_layers or ours["n_layers"], num_heads=ours["n_heads"],
         head_dim=ours["head_dim"], expand_v=ours["head_v_dim"] / ours["head_dim"],
-        intermediate_size=ours["mlp_hidden"], vocab_size=vocab_size, conv_size=4, use_cache=False,
+        intermediate_size=ours["mlp_hidden"], vocab_size=vocab_size, conv_size=4,
         max_position_embeddings=ours["max_position_embeddings"],
     )
-    model = GatedDeltaNetForCausalLM(config).to(device)
-    return model, note or f"fla {fla.__version__} GatedDeltaNetForCausalLM"
+    return GatedDeltaNetConfig(**{**keys, **extra})
