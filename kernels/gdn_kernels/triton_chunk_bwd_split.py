@@ -13,7 +13,9 @@ NOTES.md). Here each kernel holds only part of that, and float32 scratch carries
    da, db and the per-token terms of dA_log and d dt_bias.
 
 The algebra is `chunk_bwd_kernel`'s, line for line (its comments explain each step); only the
-order of a few float32 sums differs. All three grids are (chunks, heads).
+order of a few float32 sums differs. All three grids are (chunks, heads). The two forms are kept
+side by side, duplicated on purpose, only until a GPU run times them against each other
+(`bench_chunk.py --sweep`); the slower one is then deleted rather than the two kept in step.
 """
 
 import triton
