@@ -78,3 +78,17 @@ def test_each_fla_peer_gets_the_layer_count_closest_to_our_gdn_size():
     # fla's GDN at our shape and depth is our GDN's size, give or take its own details.
     fla_gdn = peers._count_on_meta(peers._fla_class("fla_gdn"), peers._fla_config("fla_gdn", shape, vocab))
     assert abs(fla_gdn - target) / target < 0.05, (fla_gdn, target)
+
+
+def test_a_peer_without_its_fast_path_packages_says_so(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "causal_conv1d" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    note = peers.missing_fast_path("fla_mamba2")
+    assert note and "causal_conv1d" in note and "fastest" in note
+    assert peers.missing_fast_path("fla_rwkv7") is None and peers.missing_fast_path("hf_llama") is None

@@ -61,6 +61,22 @@ def _fla_config(peer: str, shape: dict, vocab: int, n_layers: int | None = None)
     raise ValueError(f"unknown peer {peer!r}; known: {PEERS}")
 
 
+# Optional packages a peer's fastest documented path needs; without them fla falls back to slower
+# code (its Mamba2 prints so), and the row says which were missing.
+FAST_PATH_PACKAGES = {"fla_mamba2": ("causal_conv1d", "mamba_ssm")}
+
+
+def missing_fast_path(peer: str) -> str | None:
+    """A note naming the packages of `peer`'s fastest path that are not installed, or None."""
+    import importlib.util
+
+    missing = [m for m in FAST_PATH_PACKAGES.get(peer, ()) if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (f"not its fastest documented path: {', '.join(missing)} not installed, so fla uses its "
+            f"slower fallback kernels")
+
+
 def _fla_class(peer: str):
     from fla import models
 
@@ -142,6 +158,8 @@ def measure(peer: str, shape: dict, prompt_len: int, batch: int, decode_tokens: 
     try:
         target = target_params or gdn_parameter_count(shape, vocab_size)
         model, row["note"] = build(peer, shape, vocab_size, device, prompt_len + decode_tokens + 8, target)
+        if missing_fast_path(peer):
+            row["note"] += "; " + missing_fast_path(peer)
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         row.update(weights_gb=weights / 2**30, params_total=sum(p.numel() for p in model.parameters()))
         row.update(_time(model, prompt_len, batch, decode_tokens, device, iters, vocab_size))
