@@ -158,8 +158,9 @@ def measure(peer: str, shape: dict, prompt_len: int, batch: int, decode_tokens: 
     try:
         target = target_params or gdn_parameter_count(shape, vocab_size)
         model, row["note"] = build(peer, shape, vocab_size, device, prompt_len + decode_tokens + 8, target)
-        if missing_fast_path(peer):
-            row["note"] += "; " + missing_fast_path(peer)
+        slower = missing_fast_path(peer)
+        if slower:
+            row["note"] += "; " + slower
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         row.update(weights_gb=weights / 2**30, params_total=sum(p.numel() for p in model.parameters()))
         row.update(_time(model, prompt_len, batch, decode_tokens, device, iters, vocab_size))

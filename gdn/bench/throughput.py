@@ -70,7 +70,7 @@ def expand_variants(variants: list[str], gdn_options: dict | None) -> list[tuple
     out = []
     for variant in variants:
         out.append((variant, variant, {}))
-        if variant.startswith("gdn") and not reference_models.is_reference(variant):
+        if variant.startswith("gdn"):  # ours (the outside reference is fla_gdn)
             out += [(f"{variant}+{name}", variant, dict(change)) for name, change in (gdn_options or {}).items()]
     return out
 

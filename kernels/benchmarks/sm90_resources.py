@@ -83,12 +83,10 @@ def resources(fn, pointer_types, scalars, constexprs, num_warps, num_stages) -> 
 def backward_variants(K: int, V: int, dtype: str):
     """(name, kernel, pointer types, scalars, constexprs, launch candidates) of the backward."""
     fused = _kernel_module("triton_chunk_bwd")
-    f32 = {"*": "*fp32"}
-    io = {"*": f"*{dtype}"}
     # Arguments stored in float32 whatever the input dtype (gdn_kernels.triton_ops).
     float32_args = ("A_log", "dt_bias", "g_cum", "beta_in", "t_inv", "dv_new", "dx_tok", "dalog_tok",
                     "d_qh", "dw_acc", "d_kend", "d_scores", "dT_v", "dbeta_v", "h_dh", "dkn_out", "dG_out")
-    pointers = {**io, **{n: f32["*"] for n in float32_args}, "chunk_index": "*i32", "cu_seqlens": "*i32"}
+    pointers = {"*": f"*{dtype}", **{n: "*fp32" for n in float32_args}, "chunk_index": "*i32", "cu_seqlens": "*i32"}
     scalars = {"scale": "fp32", "a_scale": "fp32", "b_scale": "fp32", "H": "i32"}
     BK = max(16, triton.next_power_of_2(K))
     prec = "ieee" if dtype == "fp32" else "tf32"
