@@ -55,3 +55,14 @@ def test_recomputed_states_for_packed_sequences():
     _, _, grads_re, _ = _run(x, recompute=True, cu_seqlens=cu)
     for name in grads_saved:
         assert torch.equal(grads_saved[name], grads_re[name]), name
+
+
+def test_recomputed_states_without_an_initial_state():
+    """The training path: no h0 (saved as None) and no final state asked for by the model."""
+    dtype = DTYPES[0]
+    x = make_inputs(1, 70, 2, 16, 32, dtype)
+    assert "h0" not in x
+    _, _, grads_saved, _ = _run(x, recompute=False)
+    _, _, grads_re, _ = _run(x, recompute=True)
+    for name in grads_saved:
+        assert torch.equal(grads_saved[name], grads_re[name]), name
